@@ -1,0 +1,1 @@
+"""ptycho_torch: physics-informed neural-network ptychography in PyTorch."""

@@ -1,0 +1,134 @@
+"""Shared command-line plumbing of the step CLIs.
+
+Every step: parse arguments -> resolve and validate its config (problems are
+printed one per line, exit status 2, nothing written) -> run inside a
+:class:`~ptycho_torch.reports.StepReport` (log, summary, manifest). An
+unexpected error exits with status 1, leaves a FAILED summary and no manifest,
+and removes the step's partial products.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import shutil
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from ptycho_torch.config import ExperimentConfig
+from ptycho_torch.config_factory import ConfigError, config_hash, parse_set_option, resolve_config
+from ptycho_torch.data import DataFileError
+from ptycho_torch.reports import StepReport
+
+LOG = logging.getLogger("ptycho_torch")
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--config", type=Path, help="experiment YAML/JSON file")
+    src.add_argument("--config-json", help="experiment settings as one JSON object (Snakemake)")
+    add_set_arg(parser)
+
+
+def add_set_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override one setting (repeatable), e.g. --set training.epochs=3")
+
+
+def add_report_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--report-dir", type=Path, required=True,
+                        help="step evidence directory reports/<run_id>/<experiment>/<step>")
+
+
+def add_execution_args(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by train and infer: where/how fast, never what is computed."""
+    g = parser.add_argument_group("execution (never changes the science)")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    g.add_argument("--threads", type=int, help="torch CPU threads (0 = torch default)")
+    g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--inference-batch-size", type=int)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """``--set`` options plus execution flags, as dotted-key overrides."""
+    overrides = dict(parse_set_option(s) for s in args.set)
+    for flag in ("device", "threads", "deterministic", "inference_batch_size"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[f"execution.{flag}"] = value
+    return overrides
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    source = json.loads(args.config_json) if args.config_json else args.config
+    return resolve_config(source, overrides_from_args(args))
+
+
+def fail_config(problems: list[str]) -> int:
+    for p in problems:
+        print(f"error: {p}", file=sys.stderr)
+    print(f"{len(problems)} problem(s) found; nothing was written.", file=sys.stderr)
+    return 2
+
+
+def _attach_log(directory: Path, step: str) -> logging.Handler:
+    LOG.setLevel(logging.INFO)
+    handler = logging.FileHandler(directory / f"{step}.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    LOG.addHandler(handler)
+    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+               for h in LOG.handlers):
+        LOG.addHandler(logging.StreamHandler(sys.stderr))
+    return handler
+
+
+def _remove(paths: list[Path]) -> None:
+    for p in paths:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def run_step(step: str, args: argparse.Namespace, products: list[Path],
+             body: Callable[[ExperimentConfig, StepReport], None],
+             load_config: Callable[[argparse.Namespace], ExperimentConfig] = config_from_args,
+             inputs: list[Path] | None = None) -> int:
+    """Validate, then run ``body(cfg, report)`` with full evidence; returns the exit status."""
+    try:
+        cfg = load_config(args)
+    except (ConfigError, DataFileError) as exc:
+        return fail_config(getattr(exc, "problems", [str(exc)]))
+    if args.report_dir.exists():
+        return fail_config([f"--report-dir: {args.report_dir} already exists; "
+                            "each run writes a fresh step directory"])
+    args.report_dir.mkdir(parents=True)
+    handler = _attach_log(args.report_dir, step)
+    rep = StepReport(args.report_dir, step, products, config_hash(cfg), cfg.seed,
+                     inputs=[str(p) for p in inputs or []])
+    LOG.info("%s: run %s, experiment %s, config %s", step, rep.run_id, cfg.experiment,
+             rep.config_hash[:12])
+    rep.write_json("config.json", dataclasses.asdict(cfg))
+    try:
+        body(cfg, rep)
+    except (ConfigError, DataFileError) as exc:
+        LOG.removeHandler(handler)
+        handler.close()
+        _remove(products + [args.report_dir])
+        return fail_config(getattr(exc, "problems", [str(exc)]))
+    except Exception:  # noqa: BLE001 - every failure is logged and reported
+        LOG.error("step failed:\n%s", traceback.format_exc())
+        _remove(products)
+        rep.verdict = "FAILED: see the log"
+        rep.finish(ok=False)
+        return 1
+    finally:
+        LOG.removeHandler(handler)
+        handler.close()
+    rep.finish(ok=True)
+    print(f"{step}: {rep.verdict}\n  report: {args.report_dir}", file=sys.stderr)
+    return 0

@@ -1,0 +1,135 @@
+"""Typed, frozen configuration for every step.
+
+One dataclass per section of the experiment YAML. Each field carries its
+documentation, unit and allowed range in ``metadata``; ``config_factory``
+validates user input against exactly this metadata, and ``config/README.md``
+is checked against it by a test. There is no module-level mutable
+configuration anywhere in the package: every function receives its config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def spec(default: Any, doc: str, unit: str = "", *, lo: float | None = None,
+         hi: float | None = None, choices: tuple[Any, ...] | None = None,
+         power_of_two: bool = False) -> Any:
+    """A dataclass field with its default, documentation and allowed values."""
+    return field(default=default, metadata={
+        "doc": doc, "unit": unit, "lo": lo, "hi": hi, "choices": choices,
+        "power_of_two": power_of_two})
+
+
+@dataclass(frozen=True)
+class ObjectConfig:
+    kind: str = spec("grf", "simulated object: Gaussian random field or PtychoPINN-style lines",
+                     choices=("grf", "lines"))
+    train_size_px: int = spec(168, "side of the square training object", "px", lo=16, hi=8192)
+    test_size_px: int = spec(128, "side of the square test object", "px", lo=16, hi=8192)
+    amplitude_min: float = spec(0.4, "lowest object amplitude (transmission)", lo=0.0, hi=1.0)
+    amplitude_max: float = spec(1.0, "highest object amplitude (transmission)", lo=0.0, hi=1.0)
+    phase_max_rad: float = spec(1.5, "object phase spans [-phase_max_rad, +phase_max_rad]", "rad",
+                                lo=0.0, hi=3.14159)
+    spectral_slope: float = spec(3.0, "power-law exponent of the random field's power spectrum "
+                                 "(larger = smoother)", lo=0.5, hi=8.0)
+    feature_size_px: float = spec(6.0, "smallest feature scale: spectrum cut-off (grf) or line "
+                                  "blur (lines)", "px", lo=0.5, hi=64.0)
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    kind: str = spec("focused_disk", "probe model: field at `defocus_m` of a lens with a "
+                     "circular (disk) pupil", choices=("focused_disk",))
+    pupil_radius_px: float = spec(6.0, "radius of the disk aperture's bright-field disk on the "
+                                  "detector", "detector px", lo=1.0, hi=512.0)
+    defocus_m: float = spec(5.0e-3, "Fresnel propagation distance from focus", "m",
+                            lo=-1.0, hi=1.0)
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    kind: str = spec("raster", "scan pattern", choices=("raster",))
+    step_px: float = spec(4.0, "distance between neighbouring scan positions", "object px",
+                          lo=0.5, hi=512.0)
+    jitter_px: float = spec(0.5, "uniform random offset added to each position, +-", "object px",
+                            lo=0.0, hi=64.0)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = spec("simulate", "where the data come from", choices=("simulate",))
+    N: int = spec(32, "diffraction pattern / probe / object patch side", "px", lo=8, hi=1024,
+                  power_of_two=True)
+    nphotons: float = spec(1.0e6, "mean total counts per diffraction pattern", "photons",
+                           lo=1.0, hi=1.0e12)
+    energy_eV: float = spec(8000.0, "photon energy", "eV", lo=10.0, hi=1.0e6)
+    detector_distance_m: float = spec(2.0, "sample to detector distance", "m", lo=1e-3, hi=1e3)
+    detector_pixel_size_m: float = spec(75e-6, "detector pixel side", "m", lo=1e-7, hi=1e-2)
+    object: ObjectConfig = field(default_factory=ObjectConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    scan: ScanConfig = field(default_factory=ScanConfig)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_filters_scale: int = spec(1, "width multiplier: encoder widths are 16, 32, 64 times this",
+                                lo=1, hi=8)
+    amp_activation: str = spec("sigmoid", "activation of the amplitude head",
+                               choices=("sigmoid", "softplus", "silu"))
+    gridsize: int = spec(2, "g: each sample groups C = g*g neighbouring scan positions", lo=1, hi=4)
+    n_neighbours: int = spec(6, "K: group members are drawn from each anchor's K nearest "
+                             "positions (itself included)", lo=2, hi=64)
+    object_big: bool = spec(True, "overlap constraint: merge a group's C patches on one canvas "
+                            "and re-extract them before the forward model")
+    pad_object: bool = spec(False, "predict only the central N/2 x N/2 of each patch and "
+                            "zero-pad (oversampled far field)")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int = spec(30, "passes over the training patterns", lo=0, hi=100000)
+    batch_size: int = spec(16, "patterns per optimiser step", lo=1, hi=65536)
+    learning_rate: float = spec(1e-3, "Adam learning rate", lo=1e-7, hi=1.0)
+    loss: str = spec("poisson", "Poisson NLL on counts, or MAE on amplitudes sqrt(counts)",
+                     choices=("poisson", "mae"))
+    max_minutes: float = spec(0.0, "stop training after this wall time (0 = no limit)", "min",
+                              lo=0.0, hi=1.0e5)
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    stitch: str = spec("probe_weighted", "how overlapping patches are averaged",
+                       choices=("probe_weighted", "uniform"))
+    phase_sync: bool = spec(True, "align each patch's global phase to the stitched canvas "
+                            "before adding it (the phase of a single pattern is not measured)")
+    remove_phase_ramp: bool = spec(False, "also remove a linear phase ramp before scoring")
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    """Where and how fast things run; never what is computed (beyond float determinism)."""
+    device: str = spec("auto", "auto = CUDA when available, else CPU",
+                       choices=("auto", "cpu", "cuda"))
+    threads: int = spec(2, "CPU threads for torch (0 = torch's default)", lo=0, hi=1024)
+    deterministic: bool = spec(True, "use deterministic algorithms")
+    precision: str = spec("float32", "floating-point precision of training and inference",
+                          choices=("float32",))
+    workers: int = spec(0, "data-loader worker processes", lo=0, hi=64)
+    inference_batch_size: int = spec(256, "patterns per inference forward pass", lo=1, hi=65536)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    experiment: str = spec("default", "experiment name: results/<experiment>/, reports/<run>/"
+                           "<experiment>/")
+    seed: int = spec(7, "master random seed (data, weights, batches)", lo=0, hi=2**31 - 1)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+
+
+SCIENCE_SECTIONS = ("experiment", "seed", "data", "model", "training", "inference")

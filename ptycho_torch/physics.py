@@ -1,0 +1,111 @@
+"""The far-field ptychography forward model and its geometry.
+
+Conventions (normative for the whole package):
+
+* object ``O``: complex ``[H, W]``; probe ``P``: complex ``[N, N]``.
+* scan position: the probe centre in object pixels, ``(row, col)`` float. The
+  patch seen at position ``p`` is ``O`` sampled at ``p - N/2 + (u, v)`` for
+  ``u, v = 0..N-1``, so the patch's pixel ``(N/2, N/2)`` lies at ``p``.
+  Non-integer positions are sampled bilinearly; :func:`place_patches` is the
+  exact adjoint (transpose) of :func:`extract_patches`, so stitching and
+  extraction share one convention.
+* exit wave ``psi = P * patch``; far field ``F = fftshift(fft2(psi, norm="ortho"))``
+  (DC at the centre); intensity ``I = |F|^2`` in counts when ``P`` carries the
+  photon scale (as stored in our CXI files); amplitude ``A = sqrt(I)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _bilinear_indices(positions: torch.Tensor, N: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                                 torch.Tensor, torch.Tensor]:
+    """Integer corner rows/cols ``[n, N+1]`` and fractional parts ``[n, 1, 1]`` of each patch."""
+    top_left = positions.to(torch.float64) - N / 2
+    corner = torch.floor(top_left)
+    frac = (top_left - corner)
+    ar = torch.arange(N + 1, device=positions.device)
+    rows = corner[:, 0, None].long() + ar
+    cols = corner[:, 1, None].long() + ar
+    return rows, cols, frac[:, 0, None, None], frac[:, 1, None, None]
+
+
+def extract_patches(obj: torch.Tensor, positions: torch.Tensor, N: int) -> torch.Tensor:
+    """Object patches ``[n, N, N]`` seen by a probe centred at ``positions [n, 2]`` (px).
+
+    ``obj`` is ``[H, W]``; each position needs ``p - N/2 >= 0`` and
+    ``p + N/2 + 1 <= H`` (resp. ``W``). Differentiable with respect to ``obj``.
+    """
+    rows, cols, fr, fc = _bilinear_indices(positions, N)
+    fr, fc = fr.to(obj.real.dtype), fc.to(obj.real.dtype)
+    big = obj[rows[:, :, None], cols[:, None, :]]  # [n, N+1, N+1]
+    rows_interp = big[:, :N, :] * (1 - fr) + big[:, 1:, :] * fr  # [n, N, N+1]
+    return rows_interp[:, :, :N] * (1 - fc) + rows_interp[:, :, 1:] * fc
+
+
+def place_patches(patches: torch.Tensor, positions: torch.Tensor,
+                  shape: tuple[int, int]) -> torch.Tensor:
+    """Adjoint of :func:`extract_patches`: sum patches ``[n, N, N]`` into a canvas ``shape``."""
+    n, N, _ = patches.shape
+    rows, cols, fr, fc = _bilinear_indices(positions, N)
+    fr, fc = fr.to(patches.real.dtype), fc.to(patches.real.dtype)
+    cols_t = patches.new_zeros((n, N, N + 1))
+    cols_t[:, :, :N] += patches * (1 - fc)
+    cols_t[:, :, 1:] += patches * fc
+    big = patches.new_zeros((n, N + 1, N + 1))
+    big[:, :N, :] += cols_t * (1 - fr)
+    big[:, 1:, :] += cols_t * fr
+    canvas = patches.new_zeros(shape)
+    index = (rows[:, :, None].expand(-1, -1, N + 1), cols[:, None, :].expand(-1, N + 1, -1))
+    return canvas.index_put_(index, big, accumulate=True)
+
+
+def far_field(exit_wave: torch.Tensor) -> torch.Tensor:
+    """DC-centred unitary far field of ``exit_wave [..., N, N]`` (Parseval holds)."""
+    return torch.fft.fftshift(torch.fft.fft2(exit_wave, norm="ortho"), dim=(-2, -1))
+
+
+def forward_intensity(probe: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+    """Expected counts ``|F(P * patch)|^2``, shape ``[..., N, N]``."""
+    return far_field(probe * patches).abs().square()
+
+
+def wavelength_m(energy_eV: float) -> float:
+    """Photon wavelength in metres for an energy in electron-volts (h c / E)."""
+    return 1.239841984e-6 / energy_eV
+
+
+def object_pixel_size_m(energy_eV: float, distance_m: float, detector_pixel_m: float,
+                        N: int) -> float:
+    """Real-space pixel of the far-field geometry: ``lambda z / (N dx_det)`` (m)."""
+    return wavelength_m(energy_eV) * distance_m / (N * detector_pixel_m)
+
+
+def fresnel_propagate(field: torch.Tensor, distance_m: float, wavelength: float,
+                      pixel_m: float) -> torch.Tensor:
+    """Propagate ``field [..., N, N]`` by ``distance_m`` with the Fresnel transfer function.
+
+    ``H(f) = exp(-i pi lambda z |f|^2)``; unitary, so propagating by ``-z`` undoes it.
+    """
+    N = field.shape[-1]
+    f = torch.fft.fftfreq(N, d=pixel_m, dtype=torch.float64)
+    f2 = f[:, None] ** 2 + f[None, :] ** 2
+    transfer = torch.exp(-1j * math.pi * wavelength * distance_m * f2).to(field.dtype)
+    return torch.fft.ifft2(torch.fft.fft2(field) * transfer)
+
+
+def focused_disk_probe(N: int, pupil_radius_px: float, defocus_m: float, wavelength: float,
+                       pixel_m: float) -> torch.Tensor:
+    """Probe ``[N, N]`` complex128: focus of a lens with a disk pupil, Fresnel-propagated.
+
+    The pupil is a disk of ``pupil_radius_px`` detector pixels (the bright-field
+    disk on the detector); the in-focus field is its inverse FFT. Unit norm.
+    """
+    k = torch.arange(N, dtype=torch.float64) - N // 2
+    pupil = ((k[:, None] ** 2 + k[None, :] ** 2) <= pupil_radius_px ** 2).to(torch.complex128)
+    focus = torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(pupil), norm="ortho"))
+    probe = fresnel_propagate(focus, defocus_m, wavelength, pixel_m)
+    return probe / probe.abs().square().sum().sqrt()

@@ -1,0 +1,92 @@
+"""Stitching predicted patches into the full object.
+
+A diffraction pattern does not measure the global phase of its patch, so the
+network's patches disagree on it. :func:`synchronise_phases` finds one phase
+per patch that makes overlapping patches agree, all at once (angular
+synchronisation: the leading eigenvector of the Hermitian matrix of pairwise
+overlaps), then :func:`stitch` forms the weighted average on the object canvas.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from ptycho_torch import physics
+from ptycho_torch.config import InferenceConfig
+
+
+def pair_overlaps(patches: torch.Tensor, positions: torch.Tensor, pairs: torch.Tensor,
+                  weight: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """``c_ij = <A_i^T(w p_i), A_j^T(w p_j)>`` for index pairs ``[m, 2]`` -> ``[m]`` complex.
+
+    Each pair is placed on its own small canvas around the pair's midpoint.
+    """
+    N = patches.shape[-1]
+    out = []
+    for s in range(0, len(pairs), chunk):
+        i, j = pairs[s:s + chunk, 0], pairs[s:s + chunk, 1]
+        half = (positions[i] - positions[j]) / 2  # [b, 2]
+        M = N + 2 * (int(math.ceil(float(half.abs().max()))) + 2)
+        row0 = M * torch.arange(len(i), dtype=torch.float64)[:, None] * torch.tensor([1.0, 0.0])
+        a = physics.place_patches(weight * patches[i], M / 2 + half + row0, (len(i) * M, M))
+        b = physics.place_patches(weight * patches[j], M / 2 - half + row0, (len(i) * M, M))
+        out.append((a * b.conj()).reshape(len(i), M * M).sum(1))
+    return torch.cat(out)
+
+
+def synchronise_phases(patches: torch.Tensor, positions: np.ndarray, weight: torch.Tensor,
+                       neighbours: int = 8, iterations: int = 200) -> torch.Tensor:
+    """Rotate patches ``[n, N, N]`` by one global phase each so that overlaps agree.
+
+    Pairwise overlaps ``c_ij`` of each patch with its ``neighbours`` nearest
+    form a sparse Hermitian matrix ``H`` (``c_ij ~ |c| e^{i(t_i - t_j)}``); its
+    leading eigenvector (power iteration) is ``e^{i t}`` up to one global phase.
+    """
+    n = len(patches)
+    if n < 2:
+        return patches
+    _, nn_idx = cKDTree(positions).query(positions, k=min(neighbours + 1, n))
+    pairs = {(min(i, j), max(i, j)) for i, row in enumerate(nn_idx) for j in row[1:]}
+    pairs_t = torch.tensor(sorted(pairs), dtype=torch.long)
+    c = pair_overlaps(patches, torch.from_numpy(positions), pairs_t, weight)
+    diag = (weight * patches).abs().square().sum((-2, -1)).to(c.dtype)
+    rows = torch.cat([pairs_t[:, 0], pairs_t[:, 1], torch.arange(n)])
+    cols = torch.cat([pairs_t[:, 1], pairs_t[:, 0], torch.arange(n)])
+    vals = torch.cat([c, c.conj(), diag])
+    v = torch.ones(n, dtype=c.dtype)
+    for _ in range(iterations):
+        v = torch.zeros_like(v).index_add_(0, rows, vals * v[cols])
+        v = v / v.abs().max()
+    return patches * (v.conj() / v.abs().clamp_min(1e-30))[:, None, None]
+
+
+def stitch(patches: torch.Tensor, positions: np.ndarray, shape: tuple[int, int],
+           probe: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
+    """Object ``[H, W]`` complex64 from patches ``[n, N, N]`` at ``positions [n, 2]`` (px).
+
+    Weighted average ``sum_i A_i^T(w p_i) / sum_i A_i^T(w)`` with ``A_i`` the
+    (sub-pixel) patch extraction of :mod:`ptycho_torch.physics` and ``w = |P|^2``
+    (``probe_weighted``) or 1 (``uniform``). Pixels no patch covers are 0.
+    """
+    pos = torch.from_numpy(positions)
+    weight = torch.from_numpy(np.abs(probe) ** 2) if cfg.stitch == "probe_weighted" \
+        else torch.ones(probe.shape)
+    weight = (weight / weight.max()).to(torch.float64)
+    patches = patches.to(torch.complex128)
+    if cfg.phase_sync:
+        patches = synchronise_phases(patches, positions, weight)
+    num = physics.place_patches(weight * patches, pos, shape)
+    den = physics.place_patches(weight.expand(len(pos), -1, -1), pos, shape)
+    obj = torch.where(den > 1e-3, num / den.clamp_min(1e-3), 0)
+    return obj.numpy().astype(np.complex64)
+
+
+def scanned_region(positions: np.ndarray) -> tuple[slice, slice]:
+    """Rows/cols spanned by the probe centres: the region every metric is computed on."""
+    lo = [int(v) for v in np.ceil(positions.min(axis=0))]
+    hi = [int(v) + 1 for v in np.floor(positions.max(axis=0))]
+    return slice(lo[0], hi[0]), slice(lo[1], hi[1])

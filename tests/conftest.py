@@ -1,0 +1,64 @@
+"""Shared test helpers: a scratch copy of the workflow, and real Snakemake / step-CLI runs in it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = "tests/configs/tiny.yaml"
+WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "profiles", "ptycho_torch")
+
+
+def copy_workflow(dest: Path) -> Path:
+    """Snakefile, workflow/, config/, profiles/, the package and tests/configs/ into ``dest``.
+
+    The package travels along so that a run tests this checkout's code, unaffected by
+    edits made while it runs (``python -m`` imports from the working directory first).
+    """
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in WORKFLOW_PARTS:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=ignore)
+        else:
+            shutil.copy2(src, dest / name)
+    shutil.copytree(REPO / "tests" / "configs", dest / "tests" / "configs")
+    return dest
+
+
+def clean_env() -> dict[str, str]:
+    """The environment without an inherited run id (each invocation must pick its own)."""
+    env = {k: v for k, v in os.environ.items() if k != "PTYCHO_RUN_ID"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def run_snakemake(workdir: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """``snakemake --profile profiles/local ARGS`` in ``workdir``; output in ``.stdout``."""
+    return subprocess.run([sys.executable, "-m", "snakemake", "--profile", "profiles/local", *args],
+                          cwd=workdir, env=clean_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=timeout)
+
+
+def run_step(step: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m ptycho_torch.<step> ARGS`` in ``cwd``; stderr separate from stdout."""
+    return subprocess.run([sys.executable, "-m", f"ptycho_torch.{step}", *args], cwd=cwd,
+                          env=clean_env(), capture_output=True, text=True, timeout=600)
+
+
+def jobs_run(output: str) -> set[str]:
+    """Rule names in the "Job stats" table of a Snakemake run (empty if nothing to do)."""
+    table = output.partition("Job stats:")[2].partition("total")[0]
+    return set(re.findall(r"^(\w+)\s+\d+\s*$", table, flags=re.MULTILINE))
+
+
+@pytest.fixture
+def workflow_copy(tmp_path: Path) -> Path:
+    return copy_workflow(tmp_path)

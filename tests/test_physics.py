@@ -1,0 +1,280 @@
+"""Physics of the forward model and the simulator, checked against invariants and numpy.
+
+Every expected value here comes from an independent computation (numpy FFTs,
+slicing, Parseval, Poisson statistics), never from the code under test.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ptycho_torch import physics
+from ptycho_torch.simulate import simulate_scan
+
+
+def _crandn(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    return rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+
+
+def _np_patch(obj: np.ndarray, pos: tuple[int, int], N: int) -> np.ndarray:
+    """Integer-position patch by plain slicing: top-left = position - N/2."""
+    r0, c0 = int(pos[0]) - N // 2, int(pos[1]) - N // 2
+    return obj[r0:r0 + N, c0:c0 + N]
+
+
+def _np_intensity(probe: np.ndarray, patch: np.ndarray) -> np.ndarray:
+    return np.abs(np.fft.fftshift(np.fft.fft2(probe * patch, norm="ortho"))) ** 2
+
+
+def _extract(obj: np.ndarray, positions, N: int) -> np.ndarray:
+    return physics.extract_patches(torch.from_numpy(obj),
+                                   torch.tensor(positions, dtype=torch.float64), N).numpy()
+
+
+# ----------------------------------------------------------------- far field
+
+@pytest.mark.parametrize("N", [8, 32, 64])
+def test_far_field_parseval(N):
+    rng = np.random.default_rng(N)
+    psi = _crandn(rng, 3, N, N)
+    F = physics.far_field(torch.from_numpy(psi)).numpy()
+    assert F.shape == (3, N, N)
+    np.testing.assert_allclose((np.abs(F) ** 2).sum(axis=(1, 2)),
+                               (np.abs(psi) ** 2).sum(axis=(1, 2)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("N", [16, 32])
+def test_far_field_dc_at_centre(N):
+    c = 0.7 * np.exp(0.4j)
+    F = physics.far_field(torch.full((N, N), c, dtype=torch.complex128)).numpy()
+    energy = np.abs(F) ** 2
+    # all energy |c|^2 N^2 sits at (N/2, N/2); F there is c * N (unitary FFT)
+    assert np.unravel_index(energy.argmax(), energy.shape) == (N // 2, N // 2)
+    np.testing.assert_allclose(F[N // 2, N // 2], c * N, rtol=1e-12)
+    energy[N // 2, N // 2] = 0
+    assert energy.max() < 1e-20
+
+
+def test_forward_intensity_matches_numpy_at_integer_positions():
+    rng = np.random.default_rng(0)
+    N = 16
+    obj = _crandn(rng, 60, 70)
+    probe = _crandn(rng, N, N)
+    positions = [(8, 8), (20, 33), (51, 61), (30, 12)]  # within [N/2, size - N/2 - 1]
+    patches = _extract(obj, positions, N)
+    got = physics.forward_intensity(torch.from_numpy(probe), torch.from_numpy(patches)).numpy()
+    for k, p in enumerate(positions):
+        np.testing.assert_array_equal(patches[k], _np_patch(obj, p, N))
+        np.testing.assert_allclose(got[k], _np_intensity(probe, _np_patch(obj, p, N)),
+                                   rtol=1e-10, atol=1e-12)
+
+
+def test_forward_intensity_broadcasts_over_leading_dims():
+    rng = np.random.default_rng(1)
+    probe, patches = _crandn(rng, 8, 8), _crandn(rng, 2, 3, 8, 8)
+    got = physics.forward_intensity(torch.from_numpy(probe), torch.from_numpy(patches)).numpy()
+    assert got.shape == (2, 3, 8, 8)
+    np.testing.assert_allclose(got[1, 2], _np_intensity(probe, patches[1, 2]), rtol=1e-10)
+
+
+# ----------------------------------------------------------------- geometry
+
+@pytest.mark.parametrize("shift", [(3, -5), (-7, 2), (0, 11)])
+def test_object_shift_shifts_patches(shift):
+    rng = np.random.default_rng(2)
+    N = 16
+    obj = _crandn(rng, 64, 64)
+    rolled = np.roll(obj, shift, axis=(0, 1))
+    positions = np.array([[20.0, 25.0], [30.25, 22.5], [26.7, 31.1]])
+    a = _extract(obj, positions, N)
+    b = _extract(rolled, positions + np.array(shift), N)
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-12)
+
+
+def test_half_pixel_extraction_is_bilinear_average():
+    rng = np.random.default_rng(3)
+    N = 8
+    obj = _crandn(rng, 40, 40)
+    r, c = 17, 21
+    p = lambda rr, cc: _np_patch(obj, (rr, cc), N)  # noqa: E731
+    got = _extract(obj, [(r + 0.5, c), (r, c + 0.5), (r + 0.5, c + 0.5), (r + 0.25, c)], N)
+    np.testing.assert_allclose(got[0], (p(r, c) + p(r + 1, c)) / 2, atol=1e-12)
+    np.testing.assert_allclose(got[1], (p(r, c) + p(r, c + 1)) / 2, atol=1e-12)
+    np.testing.assert_allclose(got[2], (p(r, c) + p(r + 1, c) + p(r, c + 1)
+                                        + p(r + 1, c + 1)) / 4, atol=1e-12)
+    np.testing.assert_allclose(got[3], 0.75 * p(r, c) + 0.25 * p(r + 1, c), atol=1e-12)
+
+
+def test_place_patches_is_exact_adjoint_of_extract_patches():
+    rng = np.random.default_rng(4)
+    N, shape = 16, (50, 57)
+    positions = torch.from_numpy(np.stack([rng.uniform(N / 2, shape[0] - N / 2 - 1, 9),
+                                           rng.uniform(N / 2, shape[1] - N / 2 - 1, 9)], 1))
+    x = torch.from_numpy(_crandn(rng, *shape))
+    y = torch.from_numpy(_crandn(rng, 9, N, N))
+    Ax = physics.extract_patches(x, positions, N)
+    ATy = physics.place_patches(y, positions, shape)
+    assert ATy.shape == shape
+    lhs = torch.vdot(Ax.flatten(), y.flatten())
+    rhs = torch.vdot(x.flatten(), ATy.flatten())
+    assert abs(lhs - rhs) <= 1e-10 * abs(lhs)
+
+
+def test_place_patches_integer_position_puts_patch_at_slice():
+    rng = np.random.default_rng(5)
+    N = 8
+    patch = _crandn(rng, 1, N, N)
+    canvas = physics.place_patches(torch.from_numpy(patch), torch.tensor([[10.0, 13.0]]),
+                                   (30, 30)).numpy()
+    expected = np.zeros((30, 30), complex)
+    expected[6:14, 9:17] = patch[0]
+    np.testing.assert_allclose(canvas, expected, atol=1e-14)
+
+
+# ----------------------------------------------------------------- probe, propagation
+
+def test_fresnel_forward_then_back_returns_field():
+    rng = np.random.default_rng(6)
+    field = torch.from_numpy(_crandn(rng, 32, 32))
+    lam, dx = physics.wavelength_m(8000.0), 50e-9
+    there = physics.fresnel_propagate(field, 3e-3, lam, dx)
+    assert not torch.allclose(there, field, atol=1e-3)  # it did propagate
+    np.testing.assert_allclose(there.abs().square().sum(), field.abs().square().sum(), rtol=1e-12)
+    back = physics.fresnel_propagate(there, -3e-3, lam, dx)
+    np.testing.assert_allclose(back.numpy(), field.numpy(), atol=1e-12)
+
+
+def test_fresnel_gaussian_beam_width_at_rayleigh_range():
+    """A Gaussian waist w0 spreads to w0 * sqrt(2) after the Rayleigh range pi w0^2 / lambda
+    (paraxial optics): the intensity's second moment doubles."""
+    N, dx, lam, w0 = 128, 1e-7, 1e-10, 6e-7  # 6 px waist
+    x = (np.arange(N) - N // 2) * dx
+    r2 = x[:, None] ** 2 + x[None, :] ** 2
+    field = torch.from_numpy(np.exp(-r2 / w0 ** 2).astype(np.complex128))
+    z_rayleigh = math.pi * w0 ** 2 / lam
+
+    def second_moment(f: torch.Tensor) -> float:
+        inten = f.abs().square().numpy()
+        return float((inten * r2).sum() / inten.sum())
+    m0 = second_moment(field)
+    assert m0 == pytest.approx(w0 ** 2 / 2, rel=1e-6)  # <r^2> = w^2 / 2 for exp(-2 r^2 / w^2)
+    for z, factor in ((z_rayleigh, 2.0), (2 * z_rayleigh, 5.0), (-z_rayleigh, 2.0)):
+        out = physics.fresnel_propagate(field, z, lam, dx)
+        assert second_moment(out) / m0 == pytest.approx(factor, rel=1e-6), z
+
+
+def test_wavelength_of_8kev():
+    assert physics.wavelength_m(8000.0) == pytest.approx(1.5498e-10, rel=1e-4)
+
+
+@pytest.mark.parametrize("defocus", [0.0, 5e-3])
+def test_focused_disk_probe_unit_norm_and_disk_far_field(defocus):
+    N, radius = 32, 6.0
+    lam = physics.wavelength_m(8000.0)
+    pixel = physics.object_pixel_size_m(8000.0, 2.0, 75e-6, N)
+    probe = physics.focused_disk_probe(N, radius, defocus, lam, pixel).numpy()
+    assert probe.shape == (N, N)
+    assert (np.abs(probe) ** 2).sum() == pytest.approx(1.0, abs=1e-12)
+    # whatever the defocus, the far-field intensity is the uniform pupil disk
+    k = np.arange(N) - N // 2
+    disk = (k[:, None] ** 2 + k[None, :] ** 2) <= radius ** 2
+    far = np.abs(np.fft.fftshift(np.fft.fft2(probe, norm="ortho"))) ** 2
+    np.testing.assert_allclose(far[disk], 1.0 / disk.sum(), rtol=1e-9)
+    assert far[~disk].max() < 1e-20
+
+
+def test_object_pixel_size_formula():
+    # lambda z / (N dx): 1.5498e-10 m * 2 m / (32 * 75e-6 m) = 129.2 nm
+    assert physics.object_pixel_size_m(8000.0, 2.0, 75e-6, 32) == pytest.approx(
+        1.239841984e-6 / 8000.0 * 2.0 / (32 * 75e-6), rel=1e-12)
+
+
+# ----------------------------------------------------------------- Poisson simulation
+
+def _unit_probe(N: int) -> np.ndarray:
+    lam = physics.wavelength_m(8000.0)
+    return physics.focused_disk_probe(N, 4.0, 2e-3, lam,
+                                      physics.object_pixel_size_m(8000.0, 2.0, 75e-6, N)).numpy()
+
+
+def test_poisson_counts_of_constant_object():
+    """Every pattern of a constant object has the same expected intensity: check
+    the mean total counts, and per pixel mean == variance (Poisson)."""
+    N, n, nphotons = 16, 3000, 2.0e4
+    rng = np.random.default_rng(7)
+    obj = np.full((40, 40), 0.8 * np.exp(0.3j))
+    positions = np.stack([rng.uniform(8, 31, n), rng.uniform(8, 31, n)], 1)
+    counts, probe_scaled = simulate_scan(obj, _unit_probe(N), positions, nphotons, rng)
+    assert counts.shape == (n, N, N) and counts.dtype == np.float32
+    assert np.array_equal(counts, np.round(counts)) and counts.min() >= 0
+    totals = counts.sum(axis=(1, 2), dtype=np.float64)
+    # the sum of all counts is Poisson with mean n * nphotons
+    assert abs(totals.mean() - nphotons) < 4 * math.sqrt(nphotons / n)
+    # per pattern, the total is Poisson(nphotons) too: variance == mean
+    assert totals.var(ddof=1) / nphotons == pytest.approx(1.0, abs=4 * math.sqrt(2 / n))
+    mean = counts.mean(axis=0, dtype=np.float64)
+    var = counts.var(axis=0, ddof=1, dtype=np.float64)
+    bright = mean > 50
+    assert bright.sum() >= 20
+    ratio = var[bright] / mean[bright]
+    # Var(s^2)/lambda^2 ~ (1/lambda + 2)/n for Poisson: per-pixel 5 sigma, pooled 4 sigma
+    sigma = math.sqrt(2.0 / n)
+    assert np.abs(ratio - 1).max() < 5 * sigma * 1.1
+    assert abs(ratio.mean() - 1) < 4 * sigma
+    # the expected intensity is |F(P_scaled * c)|^2, identical for every pattern
+    expected = _np_intensity(probe_scaled.astype(np.complex128), obj[0, 0])
+    assert expected.sum() == pytest.approx(nphotons, rel=1e-5)
+    np.testing.assert_array_less(np.abs(mean - expected)[bright],
+                                 5 * np.sqrt(expected[bright] / n) + 1e-3 * expected[bright])
+
+
+def test_stored_probe_reproduces_expected_counts():
+    """Random object, integer positions: mean counts per pixel over the scan equal
+    the numpy forward model with the stored (photon-scaled) probe."""
+    N, nphotons = 16, 5.0e4
+    rng = np.random.default_rng(8)
+    obj = (0.5 + 0.5 * rng.uniform(size=(64, 64))) * np.exp(1j * rng.uniform(-1, 1, (64, 64)))
+    unit = _unit_probe(N)
+    grid = np.arange(8, 55, 2)
+    positions = np.stack(np.meshgrid(grid, grid, indexing="ij"), -1).reshape(-1, 2).astype(float)
+    n = len(positions)
+    reps = 4  # the same scan several times: more counts per expectation
+    pos_rep = np.tile(positions, (reps, 1))
+    counts, probe_scaled = simulate_scan(obj, unit, pos_rep, nphotons, rng)
+    assert probe_scaled.dtype == np.complex64 and probe_scaled.shape == (N, N)
+    # the stored probe is the unit probe times sqrt(scale), scale real and positive
+    ratio = probe_scaled / unit
+    np.testing.assert_allclose(ratio, ratio[0, 0].real, rtol=1e-5)
+    # independent expected counts with the stored probe
+    expected = np.stack([_np_intensity(probe_scaled.astype(np.complex128), _np_patch(obj, p, N))
+                         for p in positions])
+    assert expected.sum(axis=(1, 2)).mean() == pytest.approx(nphotons, rel=1e-5)
+    scale_indep = nphotons / np.stack([_np_intensity(unit, _np_patch(obj, p, N))
+                                       for p in positions]).sum(axis=(1, 2)).mean()
+    assert (np.abs(probe_scaled) ** 2).sum() == pytest.approx(scale_indep, rel=1e-5)
+    measured = counts.reshape(reps, n, N, N).mean(axis=0, dtype=np.float64)
+    # per pattern total: Poisson noise on nphotons * reps counts
+    tot_m, tot_e = measured.sum(axis=(1, 2)), expected.sum(axis=(1, 2))
+    z = (tot_m - tot_e) / np.sqrt(tot_e / reps)
+    assert np.abs(z).max() < 5 and abs(z.mean()) < 4 / math.sqrt(n)
+    # per pixel, pooled over the scan: the mean image
+    m_img, e_img = measured.mean(axis=0), expected.mean(axis=0)
+    bright = e_img > 20
+    z_img = (m_img - e_img)[bright] / np.sqrt(e_img[bright] / (reps * n))
+    assert np.abs(z_img).max() < 5
+
+
+def test_photon_scale_does_not_depend_on_probe_norm():
+    """A probe given with any norm is rescaled to nphotons: the stored probe does not
+    depend on the norm of the unit probe passed in."""
+    N = 16
+    rng1, rng2 = np.random.default_rng(9), np.random.default_rng(9)
+    obj = np.full((30, 30), 0.5 + 0j)
+    pos = np.array([[12.0, 12.0], [15.0, 14.0]])
+    _, p1 = simulate_scan(obj, _unit_probe(N), pos, 1e4, rng1)
+    _, p2 = simulate_scan(obj, 3.0 * _unit_probe(N), pos, 1e4, rng2)
+    np.testing.assert_allclose(p1, p2, rtol=1e-5)

@@ -1,0 +1,137 @@
+"""Shared by all rules: config checks, the run id, paths and parameter helpers.
+
+Rerun policy. Snakemake reruns a job when an output is missing or older than an
+input whose content changed (mtime), or when its input list, its `params` or its
+unformatted `shell:` text changed. So:
+
+* each rule's `params` hold only the config sections its products depend on;
+* each rule's inputs include the source files of its step (`step_sources`), so
+  code changes rerun it;
+* the run id reaches the commands only as `$PTYCHO_RUN_ID` in the environment and
+  the execution settings only through the `EXECUTION` global: their values are
+  neither in `params` nor in the unformatted `shell:` text (which holds the names
+  only), so they never trigger a rerun; no declared output contains the run id.
+"""
+
+import ast
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from ptycho_torch.config import SCIENCE_SECTIONS
+from ptycho_torch.config_factory import ConfigError, resolve_config
+from ptycho_torch.reports import RUN_ID_PATTERN, new_run_id
+
+
+def check_config(cfg: dict) -> None:
+    """Fail with every problem of the experiment settings at once, each named by its key path
+    (types, ranges, unknown keys with a "did you mean", cross-field checks)."""
+    try:
+        resolve_config(cfg)
+    except ConfigError as exc:
+        lines = "\n".join(f"  error: {p}" for p in exc.problems)
+        raise WorkflowError(
+            f"invalid configuration, {len(exc.problems)} problem(s):\n{lines}") from None
+
+
+def run_id(cfg: dict) -> str:
+    """This invocation's run id: `--config run_id=...`, else the one inherited through
+    $PTYCHO_RUN_ID (cluster jobs re-read the Snakefile), else the UTC time now.
+
+    It is exported as $PTYCHO_RUN_ID: local jobs inherit it and the SLURM executor
+    submits with --export=ALL, so every job of an invocation writes to one reports/<run_id>/.
+    """
+    value = str(cfg.get("run_id") or os.environ.setdefault("PTYCHO_RUN_ID", new_run_id()))
+    if not RUN_ID_PATTERN.match(value):
+        raise WorkflowError(f"run_id: {value!r} is not a UTC time YYYY-MM-DDTHHMMSSZ")
+    os.environ["PTYCHO_RUN_ID"] = value
+    return value
+
+
+def step_sources(step: str) -> list[str]:
+    """The code whose changes rerun a step (Snakemake cannot see into shell commands):
+    `ptycho_torch/<step>.py`, the package modules it imports anywhere, and the modules
+    those import at module level, transitively. (Imports inside library functions serve
+    other steps: following them would make e.g. simulate depend on the model.)"""
+    todo, seen = [(step, True), ("__init__", False)], set()
+    while todo:
+        name, everywhere = todo.pop()
+        path = PACKAGE / f"{name}.py"
+        if name in seen or not path.is_file():
+            continue
+        seen.add(name)
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree) if everywhere else tree.body:
+            todo += [(module, False) for module in _package_imports(node)]
+    return sorted(os.path.relpath(PACKAGE / f"{name}.py") for name in seen)
+
+
+def _package_imports(node: ast.AST) -> list[str]:
+    """Names of the ptycho_torch modules an import statement may load."""
+    if isinstance(node, ast.ImportFrom) and node.module == "ptycho_torch":
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ptycho_torch."):
+        return [node.module.split(".")[1]]
+    if isinstance(node, ast.Import):
+        return [a.name.split(".")[1] for a in node.names if a.name.startswith("ptycho_torch.")]
+    return []
+
+
+def result(step: str, name: str = "") -> str:
+    """Deterministic product path results/<experiment>/<step>/<name>."""
+    return str(Path("results", EXP, step, name))
+
+
+def log_path(step: str) -> str:
+    return f"results/{EXP}/logs/{step}.log"
+
+
+def benchmark_path(step: str) -> str:
+    return f"results/{EXP}/benchmarks/{step}.tsv"
+
+
+def config_json(*sections: str) -> str:
+    """The named config sections as one JSON object (for --config-json {params...:q})."""
+    return json.dumps({s: config[s] for s in sections}, sort_keys=True, separators=(",", ":"))
+
+
+def set_args(section: str) -> str:
+    """A config section as shell-quoted `--set section.key=value` options."""
+    return " ".join(f"--set {shlex.quote(f'{section}.{k}={json.dumps(v)}')}"
+                    for k, v in sorted(config[section].items()))
+
+
+def where_results_are() -> str:
+    """What `onsuccess` prints."""
+    ran = Path("reports", RUN_ID).is_dir()
+    return "\n".join([
+        f"ptycho_torch: experiment {EXP!r}",
+        f"  reconstruction: {result('infer', 'reconstruction.h5')}",
+        f"  figures:        {result('infer', 'reconstruction.png')}, {result('train', 'loss.png')}",
+        f"  metrics:        {result('infer', 'metrics.json')}",
+        f"  report:         {result('report', 'index.md')}",
+        f"  evidence:       reports/{RUN_ID}/ (this run)" if ran else
+        "  evidence:       nothing ran in this invocation; see reports/latest/",
+        "  latest run:     reports/latest/index.md"])
+
+
+check_config(config)  # first: it lists every problem, the schema only the first one
+validate(config, "../schemas/config.schema.yaml")  # the same checks; fills in defaults
+PACKAGE = Path(workflow.basedir) / "ptycho_torch"
+PYTHON = sys.executable  # the interpreter running Snakemake also runs the steps
+EXP = config["experiment"]
+RUN_ID = run_id(config)
+
+
+envvars:
+    "PTYCHO_RUN_ID",  # handed to every job, whatever the executor
+
+
+REPORTS = f"reports/$PTYCHO_RUN_ID/{EXP}"  # + /<step>: expanded by the shell at run time
+EXECUTION = set_args("execution")
+SCIENCE = config_json(*SCIENCE_SECTIONS)

@@ -1,0 +1,20 @@
+rule report:
+    """Index of this run: steps, metrics, figures and the run that made each product."""
+    input:
+        metrics=rules.infer.output.metrics,
+        figures=[rules.train.output.loss, rules.infer.output.figure],
+        products=[*rules.simulate.output, *rules.validate.output, *rules.train.output,
+                  *rules.infer.output],
+        code=step_sources("report"),
+    output:
+        index=report(result("report", "index.md"), caption="../report/index.rst", category="Run"),
+    params:
+        config=SCIENCE,
+    log:
+        log_path("report"),
+    benchmark:
+        benchmark_path("report")
+    shell:
+        "{PYTHON:q} -m ptycho_torch.report --config-json {params.config:q}"
+        " --run-dir reports/$PTYCHO_RUN_ID --experiment {EXP} --metrics {input.metrics}"
+        " --figures {input.figures} --out {output.index} > {log} 2>&1"

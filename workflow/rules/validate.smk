@@ -1,0 +1,18 @@
+rule validate:
+    """Check the settings against both data files; write the resolved, hashed training payload."""
+    input:
+        train=rules.simulate.output.train,
+        test=rules.simulate.output.test,
+        code=step_sources("validate"),
+    output:
+        payload=result("validate", "payload.json"),
+    params:
+        config=config_json("experiment", "seed", "data", "model", "training"),
+    log:
+        log_path("validate"),
+    benchmark:
+        benchmark_path("validate")
+    shell:
+        "{PYTHON:q} -m ptycho_torch.validate --config-json {params.config:q}"
+        " --train-data {input.train} --test-data {input.test} --out {output.payload}"
+        " --report-dir {REPORTS}/validate > {log} 2>&1"

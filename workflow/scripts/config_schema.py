@@ -1,0 +1,69 @@
+"""Print the Snakemake config schema that mirrors ``ptycho_torch/config.py``.
+
+Run from the repository root after changing a field, its default or its range:
+
+    python workflow/scripts/config_schema.py > workflow/schemas/config.schema.yaml
+
+``tests/test_workflow.py`` fails while the committed schema differs from this output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from ptycho_torch.config import ExperimentConfig  # noqa: E402
+from ptycho_torch.reports import RUN_ID_PATTERN  # noqa: E402
+
+JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string"}
+NAME_PATTERN = "^[A-Za-z0-9_-]+$"
+
+
+def field_schema(f: dataclasses.Field) -> dict[str, Any]:
+    """JSON schema of one leaf field: type, description, default, allowed values."""
+    md = f.metadata
+    unit = f" [{md['unit']}]" if md["unit"] else ""
+    out: dict[str, Any] = {"type": JSON_TYPES[f.type], "description": md["doc"] + unit,
+                           "default": f.default}
+    if md["choices"]:
+        out["enum"] = list(md["choices"])
+    elif md["power_of_two"]:
+        out["enum"] = [2 ** k for k in range(64) if md["lo"] <= 2 ** k <= md["hi"]]
+    elif f.type == "str":
+        out["pattern"] = NAME_PATTERN
+    else:
+        out.update({k: md[m] for k, m in (("minimum", "lo"), ("maximum", "hi"))
+                    if md[m] is not None})
+    return out
+
+
+def section_schema(cls: type) -> dict[str, Any]:
+    """Schema of a config dataclass; nested dataclasses become nested objects."""
+    props = {}
+    for f in dataclasses.fields(cls):
+        nested = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        is_section = dataclasses.is_dataclass(nested)
+        props[f.name] = section_schema(nested) if is_section else field_schema(f)
+    return {"type": "object", "additionalProperties": False, "default": {}, "properties": props}
+
+
+def config_schema() -> dict[str, Any]:
+    schema = section_schema(ExperimentConfig)
+    del schema["default"]
+    schema["properties"]["run_id"] = {
+        "type": "string", "pattern": RUN_ID_PATTERN.pattern,
+        "description": "name this invocation's report directory reports/<run_id>/ "
+                       "(default: the UTC start time)"}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "description": "ptycho_torch experiment (mirrors ptycho_torch/config.py)", **schema}
+
+
+if __name__ == "__main__":
+    print("# Generated from ptycho_torch/config.py by workflow/scripts/config_schema.py: "
+          "do not edit.")
+    print(yaml.safe_dump(config_schema(), sort_keys=False, width=100), end="")
