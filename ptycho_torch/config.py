@@ -15,17 +15,22 @@ from typing import Any
 
 def spec(default: Any, doc: str, unit: str = "", *, lo: float | None = None,
          hi: float | None = None, choices: tuple[Any, ...] | None = None,
-         power_of_two: bool = False) -> Any:
-    """A dataclass field with its default, documentation and allowed values."""
+         power_of_two: bool = False, path: bool = False) -> Any:
+    """A dataclass field with its default, documentation and allowed values.
+
+    ``path=True`` marks a string holding a file path (relative to the working
+    directory; ``""`` = none) rather than a name.
+    """
     return field(default=default, metadata={
         "doc": doc, "unit": unit, "lo": lo, "hi": hi, "choices": choices,
-        "power_of_two": power_of_two})
+        "power_of_two": power_of_two, "path": path})
 
 
 @dataclass(frozen=True)
 class ObjectConfig:
-    kind: str = spec("grf", "simulated object: Gaussian random field or PtychoPINN-style lines",
-                     choices=("grf", "lines"))
+    kind: str = spec("grf", "simulated object: Gaussian random field, PtychoPINN-style lines, or "
+                     "an image file (`amplitude_file`, `phase_file`)",
+                     choices=("grf", "lines", "image"))
     train_size_px: int = spec(168, "side of the square training object", "px", lo=16, hi=8192)
     test_size_px: int = spec(128, "side of the square test object", "px", lo=16, hi=8192)
     amplitude_min: float = spec(0.4, "lowest object amplitude (transmission)", lo=0.0, hi=1.0)
@@ -36,30 +41,57 @@ class ObjectConfig:
                                  "(larger = smoother)", lo=0.5, hi=8.0)
     feature_size_px: float = spec(6.0, "smallest feature scale: spectrum cut-off (grf) or line "
                                   "blur (lines)", "px", lo=0.5, hi=64.0)
+    amplitude_file: str = spec("", "image (PNG, TIFF or NPY) whose grey values, rescaled to "
+                               "[amplitude_min, amplitude_max], give the object amplitude "
+                               "(kind image)", path=True)
+    phase_file: str = spec("", "optional image whose values, rescaled to [-phase_max_rad, "
+                           "+phase_max_rad], give the object phase (kind image; empty = flat "
+                           "phase)", path=True)
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
     kind: str = spec("focused_disk", "probe model: field at `defocus_m` of a lens with a "
-                     "circular (disk) pupil", choices=("focused_disk",))
+                     "circular (disk) pupil, a Gaussian beam, or a probe read from `file`",
+                     choices=("focused_disk", "gaussian", "file"))
     pupil_radius_px: float = spec(6.0, "radius of the disk aperture's bright-field disk on the "
-                                  "detector", "detector px", lo=1.0, hi=512.0)
-    defocus_m: float = spec(5.0e-3, "Fresnel propagation distance from focus", "m",
-                            lo=-1.0, hi=1.0)
+                                  "detector (focused_disk)", "detector px", lo=1.0, hi=512.0)
+    defocus_m: float = spec(5.0e-3, "Fresnel propagation distance from focus (focused_disk, "
+                            "gaussian)", "m", lo=-1.0, hi=1.0)
+    fwhm_px: float = spec(8.0, "intensity FWHM of the Gaussian beam at its waist (gaussian)",
+                          "object px", lo=1.0, hi=512.0)
+    file: str = spec("", "probe file (kind file): CXI/HDF5 "
+                     "/entry_1/instrument_1/source_1/illumination, PtychoPINN NPZ probeGuess or "
+                     "NPY, complex N x N", path=True)
 
 
 @dataclass(frozen=True)
 class ScanConfig:
-    kind: str = spec("raster", "scan pattern", choices=("raster",))
-    step_px: float = spec(4.0, "distance between neighbouring scan positions", "object px",
-                          lo=0.5, hi=512.0)
-    jitter_px: float = spec(0.5, "uniform random offset added to each position, +-", "object px",
-                            lo=0.0, hi=64.0)
+    kind: str = spec("raster", "scan pattern: jittered raster, Fermat spiral, or uniform random "
+                     "positions", choices=("raster", "fermat", "random"))
+    step_px: float = spec(4.0, "distance between neighbouring scan positions (raster; the same "
+                          "areal density for fermat and random)", "object px", lo=0.5, hi=512.0)
+    jitter_px: float = spec(0.5, "uniform random offset added to each position, +- (raster, "
+                            "fermat)", "object px", lo=0.0, hi=64.0)
+    overlap: float = spec(0.0, "if > 0, overrides step_px: step = (1 - overlap) x the probe "
+                          "diameter (disk holding 86.5 % of its intensity)", lo=0.0, hi=0.95)
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    beamstop_radius_px: float = spec(0.0, "radius of a central beamstop: pixels this close to "
+                                     "the DC pixel record 0 counts and are masked (0 = none)",
+                                     "detector px", lo=0.0, hi=512.0)
+    bad_pixel_fraction: float = spec(0.0, "fraction of dead pixels, placed at random (seeded): "
+                                     "they record 0 counts and are masked", lo=0.0, hi=0.5)
+    saturation_counts: float = spec(0.0, "counts are clipped at this level, recorded in the "
+                                    "file (0 = no saturation)", "photons", lo=0.0, hi=1.0e12)
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = spec("simulate", "where the data come from", choices=("simulate",))
+    source: str = spec("simulate", "where the data come from: simulated, or converted from "
+                       "`train_file` and `test_file`", choices=("simulate", "file"))
     N: int = spec(32, "diffraction pattern / probe / object patch side", "px", lo=8, hi=1024,
                   power_of_two=True)
     nphotons: float = spec(1.0e6, "mean total counts per diffraction pattern", "photons",
@@ -67,9 +99,14 @@ class DataConfig:
     energy_eV: float = spec(8000.0, "photon energy", "eV", lo=10.0, hi=1.0e6)
     detector_distance_m: float = spec(2.0, "sample to detector distance", "m", lo=1e-3, hi=1e3)
     detector_pixel_size_m: float = spec(75e-6, "detector pixel side", "m", lo=1e-7, hi=1e-2)
+    train_file: str = spec("", "training data set to convert (source file): CXI, or a "
+                           "PtychoPINN NPZ", path=True)
+    test_file: str = spec("", "test data set to convert (source file): CXI, or a PtychoPINN "
+                          "NPZ", path=True)
     object: ObjectConfig = field(default_factory=ObjectConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     scan: ScanConfig = field(default_factory=ScanConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
 
 
 @dataclass(frozen=True)
@@ -102,9 +139,14 @@ class TrainingConfig:
 class InferenceConfig:
     stitch: str = spec("probe_weighted", "how overlapping patches are averaged",
                        choices=("probe_weighted", "uniform"))
-    phase_sync: bool = spec(True, "align each patch's global phase to the stitched canvas "
-                            "before adding it (the phase of a single pattern is not measured)")
-    remove_phase_ramp: bool = spec(False, "also remove a linear phase ramp before scoring")
+    phase_sync: bool = spec(True, "synchronise the patches' global phases so that overlaps "
+                            "agree (angular synchronisation; a single pattern does not measure "
+                            "its patch's global phase)")
+    calibration_iterations: int = spec(150, "Adam steps fitting each patch's global phase and "
+                                       "one phase ramp of the stitched object to the measured "
+                                       "counts (0 = off)", lo=0, hi=100000)
+    calibration_learning_rate: float = spec(0.02, "Adam step size of that calibration", "rad",
+                                            lo=1e-5, hi=1.0)
 
 
 @dataclass(frozen=True)

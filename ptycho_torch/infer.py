@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         patches = predict_patches(model, data, cfg, device)
         t_net = time.perf_counter() - t0
-        obj = stitch(patches, data.positions_px, data.object_shape, data.probe, cfg.inference)
+        obj, stitching = stitch(patches, data.positions_px, data.object_shape, data.probe,
+                                cfg.inference, data.counts)
         seconds = time.perf_counter() - t0
         history = figures.read_history(args.history) if args.history else []
         write_ptychodus(products[0], obj, data, history, cfg.experiment)
@@ -116,13 +117,13 @@ def main(argv: list[str] | None = None) -> int:
             rep.verdict = "reconstructed (no ground truth in the data: metrics skipped)"
             figures.reconstruction(products[-1], obj[region], None, None)
         else:
-            metrics = score(obj[region], data.ground_truth[region],
-                            remove_ramp=cfg.inference.remove_phase_ramp)
-            metrics.update({"region": {"rows": [region[0].start, region[0].stop],
+            metrics = score(obj[region], data.ground_truth[region])
+            ramp_free = score(obj[region], data.ground_truth[region], remove_ramp=True)
+            metrics.update({"with_phase_ramp_removed": {k: ramp_free[k] for k in
+                                                        ("amplitude", "phase", "alignment")},"region": {"rows": [region[0].start, region[0].stop],
                                        "cols": [region[1].start, region[1].stop],
                                        "definition": "bounding box of the probe centres"},
-                            "n_patterns": len(data.counts), "stitch": cfg.inference.stitch,
-                            "phase_sync": cfg.inference.phase_sync})
+                            "n_patterns": len(data.counts), "stitching": stitching})
             write_atomic(products[1], json.dumps(metrics, indent=2) + "\n")
             rep.write_json("metrics.json", metrics)
             figures.reconstruction(products[-1], obj[region], data.ground_truth[region], metrics)
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             rep.verdict = (f"amplitude SSIM {metrics['amplitude']['ssim']:.3f}, "
                            f"phase SSIM {metrics['phase']['ssim']:.3f}")
         figures.copy_into(products[-1], rep.directory)
+        rep.write_json("stitching.json", stitching)
         rep.record(numbers)
 
     return cli.run_step("infer", args, products, body, load_config=load,

@@ -1,10 +1,19 @@
 """Stitching predicted patches into the full object.
 
 A diffraction pattern does not measure the global phase of its patch, so the
-network's patches disagree on it. :func:`synchronise_phases` finds one phase
-per patch that makes overlapping patches agree, all at once (angular
-synchronisation: the leading eigenvector of the Hermitian matrix of pairwise
-overlaps), then :func:`stitch` forms the weighted average on the object canvas.
+network's patches disagree on it. Two steps fix that, neither using ground truth:
+
+1. :func:`synchronise_phases` finds one phase per patch that makes overlapping
+   patches agree, all at once (angular synchronisation: the leading eigenvector
+   of the Hermitian matrix of pairwise overlaps). Small systematic errors in the
+   patches' phase gradients still add up to a drift across the object.
+2. :func:`calibrate_phases` then adjusts those ``n`` phase constants and one
+   global phase ramp (``n + 2`` numbers; the patches themselves are untouched)
+   so that the *stitched* object best explains the measured counts (Poisson
+   NLL through the same forward model as training). The stitched object couples
+   neighbours, so the data do determine these constants there.
+
+:func:`stitch` forms the weighted average on the object canvas.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from scipy.spatial import cKDTree
 
 from ptycho_torch import physics
 from ptycho_torch.config import InferenceConfig
+from ptycho_torch.model import poisson_loss
 
 
 def pair_overlaps(patches: torch.Tensor, positions: torch.Tensor, pairs: torch.Tensor,
@@ -64,25 +74,80 @@ def synchronise_phases(patches: torch.Tensor, positions: np.ndarray, weight: tor
     return patches * (v.conj() / v.abs().clamp_min(1e-30))[:, None, None]
 
 
+def _average(patches: torch.Tensor, pos: torch.Tensor, shape: tuple[int, int],
+             weight: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """``sum_i A_i^T(w p_i) / den`` with ``den = sum_i A_i^T(w)`` clamped, zero where uncovered."""
+    num = physics.place_patches(weight * patches, pos, shape)
+    return torch.where(den > 1e-3, num / den.clamp_min(1e-3), 0)
+
+
+def _ramp(shape: tuple[int, int], gradient: torch.Tensor) -> torch.Tensor:
+    """``exp(i (g_r * row + g_c * col))`` over ``shape``; ``gradient`` in rad/px."""
+    rows = torch.arange(shape[0], dtype=torch.float64)[:, None]
+    cols = torch.arange(shape[1], dtype=torch.float64)[None, :]
+    return torch.exp(1j * (gradient[0] * rows + gradient[1] * cols))
+
+
+def calibrate_phases(patches: torch.Tensor, pos: torch.Tensor, shape: tuple[int, int],
+                     weight: torch.Tensor, den: torch.Tensor, probe: torch.Tensor,
+                     counts: torch.Tensor, iterations: int,
+                     lr: float) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """Per-patch phases ``[n]`` (rad) and a global ramp ``[2]`` (rad/px) fitted to the counts.
+
+    Minimises the Poisson NLL of ``counts [n, N, N]`` predicted from the stitched
+    object ``average(p_i e^{i t_i}) * e^{i g.x}`` with Adam; returns ``t``, ``g``
+    and the loss per iteration. The ramp is optimised in units of 0.01 rad/px so
+    that one learning rate suits both.
+    """
+    theta = torch.zeros(len(patches), dtype=torch.float64, requires_grad=True)
+    g = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([theta, g], lr=lr)
+    probe, counts, N = probe.to(torch.complex128), counts.to(torch.float64), patches.shape[-1]
+    losses = []
+    for _ in range(iterations):
+        rotated = patches * torch.exp(1j * theta)[:, None, None]
+        obj = _average(rotated, pos, shape, weight, den) * _ramp(shape, 0.01 * g)
+        loss = poisson_loss(physics.forward_intensity(probe, physics.extract_patches(obj, pos, N)),
+                            counts)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return theta.detach(), 0.01 * g.detach(), losses
+
+
 def stitch(patches: torch.Tensor, positions: np.ndarray, shape: tuple[int, int],
-           probe: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
+           probe: np.ndarray, cfg: InferenceConfig,
+           counts: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """Object ``[H, W]`` complex64 from patches ``[n, N, N]`` at ``positions [n, 2]`` (px).
 
     Weighted average ``sum_i A_i^T(w p_i) / sum_i A_i^T(w)`` with ``A_i`` the
     (sub-pixel) patch extraction of :mod:`ptycho_torch.physics` and ``w = |P|^2``
-    (``probe_weighted``) or 1 (``uniform``). Pixels no patch covers are 0.
+    (``probe_weighted``) or 1 (``uniform``). Pixels no patch covers are 0. With
+    ``counts [n, N, N]`` and ``cfg.calibration_iterations > 0`` the phases are
+    calibrated on the data (:func:`calibrate_phases`). Returns the object and a
+    JSON-able record of what was done.
     """
     pos = torch.from_numpy(positions)
     weight = torch.from_numpy(np.abs(probe) ** 2) if cfg.stitch == "probe_weighted" \
         else torch.ones(probe.shape)
     weight = (weight / weight.max()).to(torch.float64)
     patches = patches.to(torch.complex128)
+    den = physics.place_patches(weight.expand(len(pos), -1, -1), pos, shape)
+    record: dict = {"stitch": cfg.stitch, "phase_sync": cfg.phase_sync}
     if cfg.phase_sync:
         patches = synchronise_phases(patches, positions, weight)
-    num = physics.place_patches(weight * patches, pos, shape)
-    den = physics.place_patches(weight.expand(len(pos), -1, -1), pos, shape)
-    obj = torch.where(den > 1e-3, num / den.clamp_min(1e-3), 0)
-    return obj.numpy().astype(np.complex64)
+    ramp = torch.zeros(2, dtype=torch.float64)
+    if counts is not None and cfg.calibration_iterations > 0:
+        theta, ramp, losses = calibrate_phases(
+            patches, pos, shape, weight, den, torch.from_numpy(probe), torch.from_numpy(counts),
+            cfg.calibration_iterations, cfg.calibration_learning_rate)
+        patches = patches * torch.exp(1j * theta)[:, None, None]
+        record.update({"calibration_iterations": cfg.calibration_iterations,
+                       "calibration_loss_first_last": [losses[0], losses[-1]],
+                       "calibration_ramp_rad_per_px": ramp.tolist()})
+    obj = _average(patches, pos, shape, weight, den) * _ramp(shape, ramp)
+    return obj.numpy().astype(np.complex64), record
 
 
 def scanned_region(positions: np.ndarray) -> tuple[slice, slice]:
