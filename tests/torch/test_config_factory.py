@@ -572,3 +572,20 @@ def test_cli_subprocess_exit_2_and_writes_nothing(cli_runs, case, keys):
     assert sorted(e.split(":")[1].strip() for e in errors) == sorted(keys)
     assert f"{len(keys)} problem(s) found; nothing was written." in r["stderr"]
     assert r["new_files"] == set()
+
+
+@pytest.mark.parametrize("experiment,overrides,key,words",
+                         [c[1:] for c in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS])
+def test_bad_config_through_the_cli_exits_2_and_writes_nothing(work, capsys, experiment,
+                                                               overrides, key, words):
+    """Every bad config above, given to a step CLI: exit 2, the key path named, no output."""
+    from ptycho_torch import simulate
+    sets = [a for k, v in (overrides or {}).items() for a in ("--set", f"{k}={json.dumps(v)}")]
+    before = _tree(work)
+    rc = simulate.main(["--config-json", json.dumps(experiment or {}), *sets,
+                        "--train-out", "r/train.cxi", "--test-out", "r/test.cxi",
+                        "--report-dir", "rep/simulate"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert f"error: {key}: " in err and words in err and "Traceback" not in err
+    assert _tree(work) == before
