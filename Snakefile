@@ -3,6 +3,8 @@
     snakemake -c2                      # the default experiment (config/config.yaml)
     snakemake -c2 train                # up to a named step
     snakemake -c2 --configfile my.yaml # overlay some settings
+    snakemake -c1 audit                # verify the evidence (python -m ptycho_torch.audit)
+    snakemake -c2 compare              # PINN vs supervised baseline, table in the run index
 
 Products: results/<experiment>/<step>/; evidence: reports/<run_id>/<experiment>/<step>/.
 """
@@ -21,12 +23,14 @@ include: "workflow/rules/validate.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/infer.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/compare.smk"  # snakemake compare: PINN vs supervised baseline (compare_baseline)
+include: "workflow/rules/audit.smk"  # snakemake audit: verify reports/ and results/
 
 
 report: "workflow/report/workflow.rst"
 
 
-localrules: all, validate, report
+localrules: all
 
 
 rule all:

@@ -63,9 +63,21 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
+def config_source(args: argparse.Namespace) -> Path | dict[str, Any] | None:
+    """The experiment named on the command line: a file, a JSON object, or None (defaults)."""
+    if not args.config_json:
+        return args.config
+    try:
+        source = json.loads(args.config_json)
+    except json.JSONDecodeError as exc:
+        raise ConfigError([f"--config-json: not valid JSON ({exc})"]) from None
+    if not isinstance(source, dict):
+        raise ConfigError([f"--config-json: must be a JSON object, not {type(source).__name__}"])
+    return source
+
+
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
-    source = json.loads(args.config_json) if args.config_json else args.config
-    return resolve_config(source, overrides_from_args(args))
+    return resolve_config(config_source(args), overrides_from_args(args))
 
 
 def fail_config(problems: list[str]) -> int:
@@ -94,6 +106,17 @@ def _remove(paths: list[Path]) -> None:
             p.unlink(missing_ok=True)
 
 
+def _remove_report_dir(directory: Path) -> None:
+    """Remove a step directory and its experiment and run directories if that leaves them
+    empty (rmdir refuses a non-empty one): a refused step leaves no empty run directory."""
+    _remove([directory])
+    for parent in (directory.parent, directory.parent.parent):
+        try:
+            parent.rmdir()
+        except OSError:
+            return
+
+
 def run_step(step: str, args: argparse.Namespace, products: list[Path],
              body: Callable[[ExperimentConfig, StepReport], None],
              load_config: Callable[[argparse.Namespace], ExperimentConfig] = config_from_args,
@@ -109,16 +132,20 @@ def run_step(step: str, args: argparse.Namespace, products: list[Path],
     args.report_dir.mkdir(parents=True)
     handler = _attach_log(args.report_dir, step)
     rep = StepReport(args.report_dir, step, products, config_hash(cfg), cfg.seed,
-                     inputs=[str(p) for p in inputs or []])
+                     inputs=list(inputs or []))
     LOG.info("%s: run %s, experiment %s, config %s", step, rep.run_id, cfg.experiment,
              rep.config_hash[:12])
     rep.write_json("config.json", dataclasses.asdict(cfg))
     try:
         body(cfg, rep)
+        missing = [str(p) for p in products if not Path(p).is_file()]
+        if missing:
+            raise RuntimeError(f"the step did not write its product(s): {', '.join(missing)}")
     except (ConfigError, DataFileError) as exc:
         LOG.removeHandler(handler)
         handler.close()
-        _remove(products + [args.report_dir])
+        _remove(products)
+        _remove_report_dir(args.report_dir)
         return fail_config(getattr(exc, "problems", [str(exc)]))
     except Exception:  # noqa: BLE001 - every failure is logged and reported
         LOG.error("step failed:\n%s", traceback.format_exc())

@@ -16,7 +16,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 
@@ -109,6 +109,10 @@ def _check_value(value: Any, f: dataclasses.Field, path: str, problems: list[str
     if kind == "str":
         if not isinstance(value, str):
             problems.append(f"{path}: expected a string, got {value!r}")
+        elif md.get("path"):
+            if len(value) > 4096 or any(ord(c) < 32 for c in value):
+                problems.append(f"{path}: {value[:80]!r} is not a usable file path (control "
+                                "characters, or longer than 4096 characters)")
         elif md["choices"] and value not in md["choices"]:
             problems.append(f"{path}: {value!r} is not one of {', '.join(md['choices'])}")
         elif not md["choices"] and not re.fullmatch(r"[A-Za-z0-9_-]+", value):
@@ -165,15 +169,43 @@ def _cross_checks(cfg: ExperimentConfig, bad: set[str] = frozenset()) -> list[st
         if ok(f"data.object.{key}", "data.N") and getattr(o, key) < d.N + 4:
             problems.append(f"data.object.{key}: {getattr(o, key)} px is too small for patches "
                             f"of data.N = {d.N} px (need at least N + 4)")
-    if ok("data.probe.pupil_radius_px", "data.N") and d.probe.pupil_radius_px >= d.N / 2:
+    if ok("data.probe.pupil_radius_px", "data.N", "data.probe.kind") and \
+            d.probe.kind == "focused_disk" and d.probe.pupil_radius_px >= d.N / 2:
         problems.append(f"data.probe.pupil_radius_px: {d.probe.pupil_radius_px} must be below "
                         f"N/2 = {d.N / 2} (the bright-field disk must fit on the detector)")
+    problems += _data_source_checks(cfg, ok)
     m = cfg.model
     C = m.gridsize ** 2
     if ok("model.gridsize", "model.n_neighbours") and C > 1 and m.n_neighbours < C:
         problems.append(f"model.n_neighbours: {m.n_neighbours} is below model.gridsize^2 = {C} "
                         f"(each group draws its {C} members from the anchor's n_neighbours "
                         "nearest positions, itself included)")
+    return problems
+
+
+def _data_source_checks(cfg: ExperimentConfig, ok: Callable[..., bool]) -> list[str]:
+    """Files a chosen kind needs, and sizes that must fit in the N x N patch/detector.
+
+    Whether the files exist is checked by the step that reads them (simulate), so a
+    checkpoint's config stays loadable on a machine without them.
+    """
+    d, problems = cfg.data, []
+    needs = (("data.object.amplitude_file", d.object.kind == "image", d.object.amplitude_file,
+              "data.object.kind is image"),
+             ("data.probe.file", d.probe.kind == "file", d.probe.file, "data.probe.kind is file"),
+             ("data.train_file", d.source == "file", d.train_file, "data.source is file"),
+             ("data.test_file", d.source == "file", d.test_file, "data.source is file"))
+    for key, wanted, value, why in needs:
+        if wanted and ok(key) and not value:
+            problems.append(f"{key}: a file path is required when {why}")
+    if ok("data.probe.fwhm_px", "data.N", "data.probe.kind") and d.probe.kind == "gaussian" \
+            and d.probe.fwhm_px > d.N / 2:
+        problems.append(f"data.probe.fwhm_px: {d.probe.fwhm_px} must be at most N/2 = "
+                        f"{d.N / 2} (the beam must fit in the N x N patch)")
+    if ok("data.detector.beamstop_radius_px", "data.N") and \
+            d.detector.beamstop_radius_px >= d.N / 2:
+        problems.append(f"data.detector.beamstop_radius_px: {d.detector.beamstop_radius_px} "
+                        f"must be below N/2 = {d.N / 2} (it would cover the whole detector)")
     return problems
 
 

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         rep.record(numbers)
 
     return cli.run_step("infer", args, products, body, load_config=load,
-                        inputs=[args.model, args.data])
+                        inputs=[args.model, args.data] + ([args.history] if args.history else []))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,12 @@ Conventions (normative for the whole package):
 * exit wave ``psi = P * patch``; far field ``F = fftshift(fft2(psi, norm="ortho"))``
   (DC at the centre); intensity ``I = |F|^2`` in counts when ``P`` carries the
   photon scale (as stored in our CXI files); amplitude ``A = sqrt(I)``.
+
+Sub-pixel positions: the network's differentiable path (:func:`extract_patches`,
+:func:`place_patches`) samples the object bilinearly: cheap, local, exactly adjoint,
+good enough for a model that is fitted to data anyway. The *simulator* does not use
+it: it samples the object exactly by Fourier interpolation
+(:func:`ptycho_torch.simulate.fourier_patches`, which explains why).
 """
 
 from __future__ import annotations
@@ -109,3 +115,39 @@ def focused_disk_probe(N: int, pupil_radius_px: float, defocus_m: float, wavelen
     focus = torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(pupil), norm="ortho"))
     probe = fresnel_propagate(focus, defocus_m, wavelength, pixel_m)
     return probe / probe.abs().square().sum().sqrt()
+
+
+# ----------------------------------------------------------------- more probes
+
+def gaussian_probe(N: int, fwhm_px: float, defocus_m: float, wavelength: float,
+                   pixel_m: float) -> torch.Tensor:
+    """Probe ``[N, N]`` complex128: a Gaussian beam with intensity FWHM ``fwhm_px`` at its
+    waist (object px), centred at pixel ``(N/2, N/2)``, Fresnel-propagated by ``defocus_m``.
+
+    Waist field ``exp(-2 ln2 r^2 / fwhm^2)`` (flat phase); unit norm.
+    """
+    k = torch.arange(N, dtype=torch.float64) - N // 2
+    r2 = k[:, None] ** 2 + k[None, :] ** 2
+    waist = torch.exp(-2 * math.log(2) * r2 / fwhm_px ** 2).to(torch.complex128)
+    probe = fresnel_propagate(waist, defocus_m, wavelength, pixel_m)
+    return probe / probe.abs().square().sum().sqrt()
+
+
+def probe_diameter_px(probe: torch.Tensor, fraction: float = 1 - math.exp(-2)) -> float:
+    """Diameter (px) of the disk about the intensity centroid holding ``fraction`` of
+    ``|probe [N, N]|^2``.
+
+    The default ``1 - e^-2 = 86.5 %`` gives a Gaussian beam's 1/e^2 diameter
+    (``fwhm * sqrt(2 / ln 2)``); it is what ``data.scan.overlap`` is measured against.
+    """
+    inten = probe.abs().square().to(torch.float64)
+    N = inten.shape[-1]
+    ar = torch.arange(N, dtype=torch.float64)
+    total = inten.sum()
+    cr = (inten.sum(1) * ar).sum() / total
+    cc = (inten.sum(0) * ar).sum() / total
+    r = ((ar[:, None] - cr) ** 2 + (ar[None, :] - cc) ** 2).sqrt().flatten()
+    order = torch.argsort(r)
+    cum = torch.cumsum(inten.flatten()[order], 0) / total
+    k = int(torch.searchsorted(cum, torch.tensor(fraction, dtype=torch.float64)))
+    return 2.0 * float(r[order][min(k, r.numel() - 1)])

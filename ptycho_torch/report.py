@@ -9,7 +9,8 @@ directory, linked relatively) and, for every product that a manifest of this
 experiment names, the run whose manifest hashes match the file now on disk
 (products this run did not remake come from earlier runs). The same index,
 with links relative to its place, goes to ``--out``; ``reports/latest`` is
-switched atomically to the run directory.
+switched atomically to the run directory. With ``--comparison comparison.json`` (the
+compare step's) the index also holds the method comparison table.
 """
 
 from __future__ import annotations
@@ -25,44 +26,50 @@ from typing import Any, Callable
 from ptycho_torch import cli
 from ptycho_torch.config import ExperimentConfig
 from ptycho_torch.config_factory import ConfigError
-from ptycho_torch.reports import (MANIFEST, RUN_ID_PATTERN, SUMMARY, StepReport, sha256_file,
-                                  write_atomic)
+from ptycho_torch.reports import (MANIFEST, SUMMARY, StepReport, is_run_id, load_manifest,
+                                  sha256_file, write_atomic)
 
 METRICS = ("mae", "psnr", "ssim", "frc50")
 
 
 def step_status(step_dir: Path) -> dict[str, Any]:
-    """Status of one step directory: from its manifest, else from its summary's title."""
-    manifest = step_dir / MANIFEST
-    if manifest.is_file():
-        m = json.loads(manifest.read_text())
-        return {"status": m.get("status", "ok"), "duration_s": m.get("duration_s")}
+    """Status of one step directory: from its (verified) manifest, else from its summary."""
+    manifest_file = step_dir / MANIFEST
+    if manifest_file.is_file():
+        m, problem = load_manifest(manifest_file)
+        if m is None:
+            return {"status": f"manifest {problem}", "duration_s": None, "manifest_sha256": None}
+        return {"status": m.get("status", "ok"), "duration_s": m.get("duration_s"),
+                "manifest_sha256": sha256_file(manifest_file)}
     summary = step_dir / SUMMARY
-    if summary.is_file() and "FAILED" in summary.read_text().partition("\n")[0]:
-        return {"status": "failed", "duration_s": None}
-    return {"status": "incomplete", "duration_s": None}
+    failed = summary.is_file() and "FAILED" in summary.read_text().partition("\n")[0]
+    return {"status": "failed" if failed else "incomplete", "duration_s": None,
+            "manifest_sha256": None}
 
 
 def steps_of_run(run_dir: Path, experiment: str, own: Path) -> list[dict[str, Any]]:
-    """Every step directory of ``experiment`` in this run (``own``: the report's, running)."""
+    """Every step directory of ``experiment`` in this run (``own``: the report's, running),
+    with the sha256 of each finished step's manifest (the audit checks them against it)."""
     steps = []
     for d in sorted(p for p in (run_dir / experiment).iterdir() if p.is_dir()):
-        info = {"status": "this step", "duration_s": None} if d == own else step_status(d)
+        info = ({"status": "this step", "duration_s": None, "manifest_sha256": None}
+                if d == own else step_status(d))
         steps.append({"step": d.name, **info, "dir": f"{experiment}/{d.name}"})
     return steps
 
 
 def provenance(reports_root: Path, experiment: str) -> list[dict[str, Any]]:
     """Each existing product named by a manifest of ``experiment``, with the newest run
-    (and step) whose manifest records the file's current sha256; ``None`` if none does."""
+    (and step) whose manifest records the file's current sha256; ``None`` if none does.
+    Manifests that do not verify (edited, unreadable) are ignored."""
     records: dict[str, list[tuple[str, str, str]]] = {}
     for manifest in sorted(reports_root.glob(f"*/{experiment}/*/{MANIFEST}")):
         run_id = manifest.parents[2].name
-        m = json.loads(manifest.read_text())
-        if not RUN_ID_PATTERN.match(run_id) or m.get("step") == "report":
+        m, _ = load_manifest(manifest)
+        if m is None or not is_run_id(run_id) or m.get("step") == "report":
             continue  # reports/latest repeats a run; the report's own products are being remade
         for path, entry in m.get("products", {}).items():
-            records.setdefault(path, []).append((run_id, m["step"], entry["sha256"]))
+            records.setdefault(path, []).append((run_id, m["step"], entry.get("sha256")))
     rows = []
     for path, made in sorted(records.items()):
         if Path(path).is_file():
@@ -82,10 +89,13 @@ def render(index: dict[str, Any], link: Callable[[str], str]) -> str:
     run_id = index["run_id"]
     lines = [f"# Run `{run_id}`, experiment `{index['experiment']}`", "",
              f"Created {index['created_utc']} by `python -m ptycho_torch.report`.", "",
-             "## Steps run in this run", "", "| step | status | duration (s) | summary |",
-             "|---|---|---|---|"]
+             "## Steps run in this run", "",
+             "| step | status | duration (s) | evidence | manifest sha256 |",
+             "|---|---|---|---|---|"]
     lines += [f"| {s['step']} | {s['status']} | {_number(s['duration_s'] or '')} "
-              f"| [summary.md]({link(s['dir'] + '/' + SUMMARY)}) |" for s in index["steps"]]
+              f"| [{s['dir']}/]({link(s['dir'])}): [summary.md]({link(s['dir'] + '/' + SUMMARY)}), "
+              f"[{MANIFEST}]({link(s['dir'] + '/' + MANIFEST)}) "
+              f"| `{(s.get('manifest_sha256') or '-')[:12]}` |" for s in index["steps"]]
     m = index["metrics"]
     lines += ["", "## Reconstruction quality", "",
               f"On the scanned region of the test object ({m.get('n_patterns', '?')} patterns); "
@@ -93,6 +103,9 @@ def render(index: dict[str, Any], link: Callable[[str], str]) -> str:
               "| | MAE | PSNR (dB) | SSIM | FRC50 |", "|---|---|---|---|---|"]
     lines += [f"| {part} | " + " | ".join(_number(m[part].get(k, "")) for k in METRICS) + " |"
               for part in ("amplitude", "phase") if part in m]
+    if index.get("comparison"):  # --comparison: the method comparison (ptycho_torch.compare)
+        from ptycho_torch.compare import markdown_section
+        lines += ["", *markdown_section(index["comparison"])]
     lines += ["", "## Figures", ""]
     lines += [f"![{Path(f).stem}]({link(f)})" for f in index["figures"]]
     lines += ["", "## Products and the runs that made them", "",
@@ -131,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", type=Path, required=True,
                         help="metrics.json of the infer step")
     parser.add_argument("--figures", type=Path, nargs="*", default=[], help="PNG figures to embed")
+    parser.add_argument("--comparison", type=Path,
+                        help="comparison.json of the compare step: adds its table (optional)")
     parser.add_argument("--out", type=Path, required=True,
                         help="copy of index.md at a fixed path (results/<experiment>/report/)")
     args = parser.parse_args(argv)
@@ -142,10 +157,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = cli.config_from_args(a)
         problems = [f"--experiment: {a.experiment!r} differs from the config's experiment "
                     f"{cfg.experiment!r}"] if cfg.experiment != a.experiment else []
-        if not RUN_ID_PATTERN.match(a.run_dir.name):
+        if not is_run_id(a.run_dir.name):
             problems.append(f"--run-dir: {a.run_dir.name!r} is not a run id YYYY-MM-DDTHHMMSSZ")
         problems += [f"--metrics: {a.metrics} not found"] if not a.metrics.is_file() else []
         problems += [f"--figures: {f} not found" for f in a.figures if not f.is_file()]
+        if a.comparison and not a.comparison.is_file():
+            problems.append(f"--comparison: {a.comparison} not found")
         if problems:
             raise ConfigError(problems)
         return cfg
@@ -159,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                  "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  "steps": steps_of_run(args.run_dir, args.experiment, args.report_dir),
                  "metrics": json.loads(args.metrics.read_text()), "figures": names,
+                 "comparison": json.loads(args.comparison.read_text()) if args.comparison else None,
                  "products": provenance(args.run_dir.parent, args.experiment)}
         for path in (run_index, args.out):
             write_atomic(path, render(index, links_from(path, args.run_dir)))
@@ -175,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                        + (f", {untraced} UNTRACED" if untraced else ""))
 
     return cli.run_step("report", args, products, body, load_config=load,
-                        inputs=[args.metrics, *args.figures])
+                        inputs=[args.metrics, *args.figures, *filter(None, [args.comparison])])
 
 
 if __name__ == "__main__":

@@ -10,9 +10,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
+from ptycho_torch import physics
 from ptycho_torch.config import DataConfig, ExperimentConfig, ProbeConfig, ScanConfig
-from ptycho_torch.data import DataFileError, PtychoData, check_data_file, read_cxi, write_cxi
+from ptycho_torch.data import (CountsReader, DataFileError, PtychoData, check_data_file,
+                               read_cxi, read_data, read_npz, write_cxi, write_npz)
 from ptycho_torch.simulate import simulate_dataset
 
 DET = "/entry_1/instrument_1/detector_1"
@@ -268,3 +271,289 @@ def test_attrs_json_round_trip_keeps_plain_strings(tmp_path):
     assert isinstance(back["list_text"], str)
     with h5py.File(tmp_path / "a.cxi", "r") as f:  # stored as JSON text, as documented
         assert json.loads(f[OURS].attrs["nested"]) == {"a": [1, 2.5, None]}
+
+
+# ----------------------------------------------------------------- mask, saturation, extras
+
+def _with_detector(d: PtychoData) -> PtychoData:
+    mask = np.zeros((8, 8), np.uint32)
+    mask[3:5, 3:5] = 0x11
+    mask[0, 7] = 0x9
+    return replace(d, mask=mask, saturation_counts=60.0,
+                   extras={"scan_index": np.arange(6) % 2, "xcoords_start": np.linspace(0, 1, 6)})
+
+
+def test_round_trip_keeps_mask_saturation_and_extras(tmp_path):
+    d = _with_detector(_synthetic())
+    write_cxi(tmp_path / "m.cxi", d)
+    back = read_cxi(tmp_path / "m.cxi")
+    assert back.mask.dtype == np.uint32 and np.array_equal(back.mask, d.mask)
+    assert back.saturation_counts == 60.0
+    assert set(back.extras) == set(d.extras)
+    for k in d.extras:
+        assert back.extras[k].dtype == d.extras[k].dtype
+        assert back.extras[k].tobytes() == d.extras[k].tobytes()
+    assert np.array_equal(back.valid_pixels(), d.mask == 0)
+    with h5py.File(tmp_path / "m.cxi", "r") as f:
+        assert f[f"{DET}/mask"].dtype == np.uint32
+        assert f[COUNTS].attrs["saturation_level"] == 60.0
+    plain = read_cxi(_synthetic_path(tmp_path))
+    assert plain.mask is None and plain.saturation_counts == 0.0 and plain.extras == {}
+    assert plain.valid_pixels().all()
+
+
+def _synthetic_path(tmp_path: Path) -> Path:
+    write_cxi(tmp_path / "plain.cxi", _synthetic())
+    return tmp_path / "plain.cxi"
+
+
+BAD_DETECTOR = {
+    "mask wrong shape": (lambda f: f.__setitem__(f"{DET}/mask", np.zeros((4, 4), np.uint32)),
+                         f"{DET}/mask"),
+    "mask float": (lambda f: f.__setitem__(f"{DET}/mask", np.zeros((8, 8))), f"{DET}/mask"),
+    "mask negative": (lambda f: f.__setitem__(f"{DET}/mask", -np.ones((8, 8), np.int32)),
+                      f"{DET}/mask"),
+    "saturation text": (lambda f: f[COUNTS].attrs.__setitem__("saturation_level", "high"),
+                        "saturation_level"),
+    "saturation negative": (lambda f: f[COUNTS].attrs.__setitem__("saturation_level", -3.0),
+                            "saturation_level"),
+    "extras wrong length": (lambda f: f.__setitem__(f"{OURS}/extras/scan_index", np.arange(4)),
+                            f"{OURS}/extras/scan_index"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DETECTOR))
+def test_bad_mask_saturation_or_extras_are_rejected(cxi, case):
+    path, _ = cxi
+    edit, name = BAD_DETECTOR[case]
+    _edit(path, edit)
+    with pytest.raises(DataFileError) as err:
+        read_cxi(path)
+    assert name in str(err.value) and str(path) in str(err.value)
+
+
+# ----------------------------------------------------------------- streaming
+
+def test_streamed_write_equals_in_memory_write(tmp_path):
+    d = _synthetic(n=150)
+    write_cxi(tmp_path / "a.cxi", d)
+    blocks = (d.counts[i:i + 37] for i in range(0, 150, 37))
+    write_cxi(tmp_path / "b.cxi", replace(d, counts=np.zeros((0, 8, 8), np.float32)), blocks)
+    assert _sha(tmp_path / "a.cxi") == _sha(tmp_path / "b.cxi")
+    with pytest.raises(ValueError, match="140 patterns of counts for 150"):
+        write_cxi(tmp_path / "c.cxi", replace(d, counts=np.zeros((0, 8, 8), np.float32)),
+                  [d.counts[:140]])
+    assert not (tmp_path / "c.cxi").exists()
+
+
+def test_counts_are_chunked_and_compressed(cxi):
+    path, _ = cxi
+    with h5py.File(path, "r") as f:
+        ds = f[COUNTS]
+        assert ds.chunks == (6, 8, 8) and ds.compression == "gzip" and ds.shuffle
+
+
+def test_counts_reader_streams_blocks_and_batches(tmp_path):
+    d = _synthetic(n=200)
+    write_cxi(tmp_path / "big.cxi", d)
+    with CountsReader(tmp_path / "big.cxi") as counts:
+        assert len(counts) == 200 and counts.shape == (200, 8, 8)
+        assert counts.chunk_patterns == 64
+        starts = []
+        for start, block in counts.blocks(48):
+            assert block.dtype == np.float32 and len(block) <= 48
+            assert np.array_equal(block, d.counts[start:start + 48])
+            starts.append(start)
+        assert starts == [0, 48, 96, 144, 192]
+        idx = np.array([[150, 3], [3, 77], [199, 0]])  # any order, repeats, any shape
+        assert np.array_equal(counts[idx], d.counts[idx])
+        assert np.array_equal(counts[-1], d.counts[-1]) and np.array_equal(counts[5:9],
+                                                                           d.counts[5:9])
+        assert counts.mean() == pytest.approx(d.counts.mean(dtype=np.float64), rel=1e-12)
+        with pytest.raises(IndexError):
+            counts[np.array([200])]
+    with pytest.raises(DataFileError, match="file not found"):
+        CountsReader(tmp_path / "none.cxi")
+
+
+def test_counts_reader_reports_a_truncated_file(tmp_path):
+    d = _synthetic(n=400)
+    d = replace(d, counts=np.random.default_rng(0).uniform(0, 1e6, (400, 8, 8)).astype(
+        np.float32))  # incompressible, so the counts are the end of the file
+    write_cxi(tmp_path / "t.cxi", d)
+    raw = (tmp_path / "t.cxi").read_bytes()
+    with CountsReader(tmp_path / "t.cxi") as counts:
+        assert counts[0].shape == (8, 8)
+    (tmp_path / "t.cxi").write_bytes(raw[: int(len(raw) * 0.9)])
+    try:
+        reader = CountsReader(tmp_path / "t.cxi")
+    except DataFileError as exc:  # the header may already be cut
+        assert str(tmp_path / "t.cxi") in str(exc)
+        return
+    with reader, pytest.raises(DataFileError, match="truncated") as err:
+        for _ in reader.blocks():
+            pass
+    assert COUNTS in str(err.value)
+
+
+# ----------------------------------------------------------------- PtychoPINN NPZ
+
+def _ptychopinn_npz(path: Path, *, N: int = 16, n: int = 12, legacy: bool = False,
+                    with_object: bool = True, extras: bool = False, noise: bool = True,
+                    coords_dtype=np.float64, seed: int = 0) -> dict[str, np.ndarray]:
+    """A data set written the way PtychoPINN's get_image_patches sees it: pad the object
+    by N/2, translate by -(x, y) (integer here), crop N x N; amplitudes sqrt(counts)."""
+    rng = np.random.default_rng(seed)
+    H = W = 48
+    obj = ((0.5 + 0.5 * rng.uniform(size=(H, W))) * np.exp(1j * rng.uniform(-1, 1, (H, W))))
+    probe = np.zeros((N, N), complex)
+    probe[N // 4: 3 * N // 4, N // 4: 3 * N // 4] = 30.0 * np.exp(1j * rng.uniform(-1, 1, (N // 2,
+                                                                                         N // 2)))
+    x = rng.integers(N // 2, W - N // 2, n).astype(float)
+    y = rng.integers(N // 2, H - N // 2, n).astype(float)
+    padded = np.pad(obj, N // 2)
+    amps = []
+    for xi, yi in zip(x.astype(int), y.astype(int)):
+        patch = padded[yi:yi + N, xi:xi + N]  # translate by -(x, y), crop [:N, :N]
+        inten = np.abs(np.fft.fftshift(np.fft.fft2(probe * patch, norm="ortho"))) ** 2
+        amps.append(np.sqrt(rng.poisson(inten) if noise else inten))
+    amp = np.stack(amps).astype(np.float32)
+    arrays = {("diff3d" if legacy else "diffraction"):
+              np.ascontiguousarray(np.moveaxis(amp, 0, -1)) if legacy else amp,
+              "probeGuess": probe.astype(np.complex64),
+              "xcoords": x.astype(coords_dtype), "ycoords": y.astype(coords_dtype)}
+    if with_object:
+        arrays["objectGuess"] = obj.astype(np.complex64)
+    if extras:
+        arrays.update(scan_index=np.zeros(n, np.int64), xcoords_start=x - 0.25,
+                      ycoords_start=y + 0.5)
+    np.savez(path, **arrays)
+    return arrays
+
+
+def test_npz_convention_positions_are_probe_centres_in_object_pixels(tmp_path):
+    """counts = amplitude^2 and (row, col) = (ycoords, xcoords): our own forward model on
+    the imported object at the imported positions gives the file's intensities."""
+    arrays = _ptychopinn_npz(tmp_path / "a.npz", noise=False)
+    d = read_npz(tmp_path / "a.npz")
+    np.testing.assert_array_equal(d.positions_px, np.stack([arrays["ycoords"],
+                                                            arrays["xcoords"]], 1))
+    np.testing.assert_array_equal(d.counts, arrays["diffraction"] ** 2)
+    model = physics.forward_intensity(
+        torch.from_numpy(d.probe.astype(np.complex128)),
+        physics.extract_patches(torch.from_numpy(d.ground_truth.astype(np.complex128)),
+                                torch.from_numpy(d.positions_px), 16)).numpy()
+    np.testing.assert_allclose(model, d.counts, rtol=1e-4, atol=1e-3 * d.counts.max())
+    assert d.object_shape == (48, 48) and d.N == 16
+    assert d.energy_eV == DataConfig().energy_eV  # geometry from the config: NPZ has none
+    assert d.object_pixel_size_m == pytest.approx(physics.object_pixel_size_m(
+        8000.0, 2.0, 75e-6, 16), rel=1e-12)
+    assert read_data(tmp_path / "a.npz").positions_px.tobytes() == d.positions_px.tobytes()
+
+
+def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.mark.parametrize("variant", [
+    {}, {"legacy": True}, {"extras": True}, {"noise": False}, {"coords_dtype": np.float32},
+    {"with_object": False},
+])
+def test_npz_import_then_export_is_equal_to_the_original(tmp_path, variant):
+    original = _ptychopinn_npz(tmp_path / "in.npz", **variant)
+    if not variant.get("with_object", True):  # positions left of pixel 0: offset, undone
+        original["xcoords"] = original["xcoords"] - 20.0
+        np.savez(tmp_path / "in.npz", **original)
+    d = read_npz(tmp_path / "in.npz")
+    write_npz(tmp_path / "out.npz", d)
+    out = _npz_arrays(tmp_path / "out.npz")
+    assert set(out) == set(original)
+    for key, value in original.items():
+        assert out[key].dtype == value.dtype and out[key].shape == value.shape, key
+        assert out[key].tobytes() == value.tobytes(), key
+    assert d.attrs["npz_counts_rounded"] == variant.get("noise", True)
+
+
+def test_npz_through_cxi_and_back_is_exact(tmp_path):
+    original = _ptychopinn_npz(tmp_path / "in.npz", extras=True)
+    write_cxi(tmp_path / "mid.cxi", read_npz(tmp_path / "in.npz"))
+    write_npz(tmp_path / "out.npz", read_cxi(tmp_path / "mid.cxi"))
+    out = _npz_arrays(tmp_path / "out.npz")
+    assert set(out) == set(original)
+    for key, value in original.items():
+        assert out[key].dtype == value.dtype and out[key].tobytes() == value.tobytes(), key
+
+
+def test_cxi_to_npz_and_back_keeps_integer_counts(tmp_path):
+    d = simulate_dataset(_small_data_config(), 44, (5, 0))
+    write_npz(tmp_path / "s.npz", d)
+    back = read_npz(tmp_path / "s.npz")
+    assert back.counts.tobytes() == d.counts.tobytes()
+    assert back.positions_px.tobytes() == d.positions_px.tobytes()
+    assert back.probe.tobytes() == d.probe.tobytes()
+    assert back.ground_truth.tobytes() == d.ground_truth.tobytes()
+    z = _npz_arrays(tmp_path / "s.npz")
+    assert z["diffraction"].dtype == np.float32
+    np.testing.assert_array_equal(z["diffraction"], np.sqrt(d.counts))
+
+
+def _npz_edit(path: Path, **changes) -> None:
+    arrays = _npz_arrays(path)
+    for key, value in changes.items():
+        if value is None:
+            del arrays[key]
+        else:
+            arrays[key] = value
+    np.savez(path, **arrays)
+
+
+BAD_NPZ = {
+    "missing diffraction": ({"diffraction": None}, "diffraction"),
+    "missing probeGuess": ({"probeGuess": None}, "probeGuess"),
+    "missing xcoords": ({"xcoords": None}, "xcoords"),
+    "diffraction 2-D": ({"diffraction": np.ones((12, 256), np.float32)}, "diffraction"),
+    "diffraction wrong N": ({"diffraction": np.ones((12, 8, 8), np.float32)}, "diffraction"),
+    "diffraction text": ({"diffraction": np.full((12, 16, 16), "1")}, "diffraction"),
+    "probe real": ({"probeGuess": np.ones((16, 16), np.float32)}, "probeGuess"),
+    "coords too short": ({"ycoords": np.ones(11)}, "ycoords"),
+    "extras wrong length": ({"scan_index": np.zeros(3, np.int64)}, "scan_index"),
+    "NaN amplitude": ("nan", "diffraction"),
+    "negative amplitude": ("negative", "diffraction"),
+    "NaN coordinate": ({"xcoords": np.full(12, np.nan)}, "xcoords"),
+    "object array": ({"objectGuess": np.array([None] * 4, dtype=object)}, "objectGuess"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_NPZ))
+def test_bad_npz_is_rejected_naming_the_array(tmp_path, case):
+    path = tmp_path / "bad.npz"
+    arrays = _ptychopinn_npz(path)
+    change, name = BAD_NPZ[case]
+    if change in ("nan", "negative"):
+        amp = arrays["diffraction"].copy()
+        amp[3, 4, 5] = np.nan if change == "nan" else -1.0
+        change = {"diffraction": amp}
+    _npz_edit(path, **change)
+    with pytest.raises(DataFileError) as err:
+        read_npz(path)
+    assert name in str(err.value) and str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not npz", "single npy", "missing"])
+def test_unreadable_npz_is_rejected(tmp_path, damage):
+    path = tmp_path / "bad.npz"
+    _ptychopinn_npz(path)
+    if damage == "truncated":
+        raw = path.read_bytes()
+        path.write_bytes(raw[: len(raw) // 2])
+    elif damage == "not npz":
+        path.write_text("hello\n")
+    elif damage == "single npy":
+        with open(path, "wb") as f:
+            np.save(f, np.ones(3))
+    else:
+        path.unlink()
+    with pytest.raises(DataFileError) as err:
+        read_npz(path)
+    assert str(path) in str(err.value)

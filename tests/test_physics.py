@@ -187,6 +187,50 @@ def test_focused_disk_probe_unit_norm_and_disk_far_field(defocus):
     assert far[~disk].max() < 1e-20
 
 
+@pytest.mark.parametrize("fwhm", [4.0, 7.5])
+def test_gaussian_probe_waist_width_and_norm(fwhm):
+    """At its waist the probe intensity is exp(-4 ln2 r^2 / fwhm^2): second moment
+    <r^2> = fwhm^2 / (4 ln 2), half maximum at r = fwhm / 2, flat phase."""
+    N = 64
+    probe = physics.gaussian_probe(N, fwhm, 0.0, physics.wavelength_m(8000.0), 50e-9).numpy()
+    inten = np.abs(probe) ** 2
+    assert inten.sum() == pytest.approx(1.0, abs=1e-12)
+    k = np.arange(N) - N // 2
+    r2 = k[:, None] ** 2 + k[None, :] ** 2
+    assert (inten * r2).sum() == pytest.approx(fwhm ** 2 / (4 * math.log(2)), rel=1e-6)
+    assert np.unravel_index(inten.argmax(), inten.shape) == (N // 2, N // 2)
+    profile = inten[N // 2] / inten.max()
+    half = np.interp(0.5, profile[N // 2:][::-1], np.arange(N // 2)[::-1])  # radius at 1/2
+    assert half == pytest.approx(fwhm / 2, abs=0.05)
+    np.testing.assert_allclose(np.angle(probe[inten > 1e-3 * inten.max()]), 0.0, atol=1e-12)
+
+
+def test_gaussian_probe_defocus_is_fresnel_propagation():
+    """Defocusing the beam by z equals propagating the waist by z, and going back by -z
+    returns the waist (the Fresnel propagator is unitary and invertible)."""
+    N, lam, dx = 32, physics.wavelength_m(8000.0), 1.3e-7
+    waist = physics.gaussian_probe(N, 5.0, 0.0, lam, dx)
+    far = physics.gaussian_probe(N, 5.0, 2e-2, lam, dx)  # ~3 Rayleigh ranges
+    np.testing.assert_allclose(far.numpy(), physics.fresnel_propagate(waist, 2e-2, lam, dx).numpy(),
+                               atol=1e-12)
+    np.testing.assert_allclose(physics.fresnel_propagate(far, -2e-2, lam, dx).numpy(),
+                               waist.numpy(), atol=1e-12)
+    assert np.abs(far.numpy()).max() < 0.9 * np.abs(waist.numpy()).max()  # it spread
+
+
+def test_probe_diameter_of_a_gaussian_is_its_one_over_e2_diameter():
+    """86.5 % (1 - e^-2) of a Gaussian beam's power lies within its 1/e^2 radius
+    w = fwhm / sqrt(2 ln 2); a disk of uniform intensity of radius R gives
+    2 R sqrt(0.865) by area."""
+    probe = physics.gaussian_probe(128, 12.0, 0.0, 1e-10, 1e-7)
+    assert physics.probe_diameter_px(probe) == pytest.approx(2 * 12.0 / math.sqrt(2 * math.log(2)),
+                                                             abs=1.0)
+    k = torch.arange(128, dtype=torch.float64) - 64
+    disk = ((k[:, None] ** 2 + k[None, :] ** 2) <= 30.0 ** 2).to(torch.complex128)
+    assert physics.probe_diameter_px(disk) == pytest.approx(2 * 30 * math.sqrt(1 - math.exp(-2)),
+                                                            abs=1.0)
+
+
 def test_object_pixel_size_formula():
     # lambda z / (N dx): 1.5498e-10 m * 2 m / (32 * 75e-6 m) = 129.2 nm
     assert physics.object_pixel_size_m(8000.0, 2.0, 75e-6, 32) == pytest.approx(

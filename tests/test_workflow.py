@@ -41,11 +41,17 @@ def run_dirs(workdir: Path) -> list[Path]:
 
 # ---------------------------------------------------------------- static checks
 
-def test_schema_mirrors_the_config_dataclasses():
+def config_schema_script():
+    """workflow/scripts/config_schema.py as a module (the schema generator)."""
     spec = importlib.util.spec_from_file_location("config_schema",
                                                   REPO / "workflow/scripts/config_schema.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_schema_mirrors_the_config_dataclasses():
+    module = config_schema_script()
     committed = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
     assert committed == module.config_schema(), (
         "workflow/schemas/config.schema.yaml is out of date: run "
@@ -54,6 +60,9 @@ def test_schema_mirrors_the_config_dataclasses():
 
 def test_default_config_is_complete_and_valid():
     loaded = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    workflow_level = config_schema_script().WORKFLOW_SETTINGS  # run_id, compare_baseline: not science
+    assert set(loaded) - set(dataclasses.asdict(ExperimentConfig())) <= set(workflow_level)
+    loaded = {k: v for k, v in loaded.items() if k not in workflow_level}
     resolve_config(loaded)
 
     def keys(tree: dict, prefix: str = "") -> set[str]:

@@ -14,25 +14,36 @@ unformatted `shell:` text changed. So:
 """
 
 import ast
+import dataclasses
 import json
 import os
 import shlex
 import sys
 from pathlib import Path
 
+import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from ptycho_torch.config import SCIENCE_SECTIONS
+from ptycho_torch.config import SCIENCE_SECTIONS, ExperimentConfig
 from ptycho_torch.config_factory import ConfigError, resolve_config
-from ptycho_torch.reports import RUN_ID_PATTERN, new_run_id
+from ptycho_torch.reports import is_run_id, new_run_id
+
+
+def workflow_keys(schema_file: Path) -> frozenset[str]:
+    """The workflow-level settings (run_id, compare_baseline, ...): top-level keys of the
+    schema that are not fields of the experiment dataclasses. They steer Snakemake only;
+    no step sees them (their schema: WORKFLOW_SETTINGS in workflow/scripts/config_schema.py)."""
+    properties = yaml.safe_load(schema_file.read_text())["properties"]
+    return frozenset(properties) - {f.name for f in dataclasses.fields(ExperimentConfig)}
 
 
 def check_config(cfg: dict) -> None:
     """Fail with every problem of the experiment settings at once, each named by its key path
-    (types, ranges, unknown keys with a "did you mean", cross-field checks)."""
+    (types, ranges, unknown keys with a "did you mean", cross-field checks). Workflow-level
+    keys are left to the schema."""
     try:
-        resolve_config(cfg)
+        resolve_config({k: v for k, v in cfg.items() if k not in WORKFLOW_KEYS})
     except ConfigError as exc:
         lines = "\n".join(f"  error: {p}" for p in exc.problems)
         raise WorkflowError(
@@ -47,7 +58,7 @@ def run_id(cfg: dict) -> str:
     submits with --export=ALL, so every job of an invocation writes to one reports/<run_id>/.
     """
     value = str(cfg.get("run_id") or os.environ.setdefault("PTYCHO_RUN_ID", new_run_id()))
-    if not RUN_ID_PATTERN.match(value):
+    if not is_run_id(value):
         raise WorkflowError(f"run_id: {value!r} is not a UTC time YYYY-MM-DDTHHMMSSZ")
     os.environ["PTYCHO_RUN_ID"] = value
     return value
@@ -106,6 +117,19 @@ def set_args(section: str) -> str:
                     for k, v in sorted(config[section].items()))
 
 
+def comparison_for_report(wanted: bool) -> dict[str, list[str]]:
+    """The comparison products a report embeds (made by compare.smk): ``{"json": [...],
+    "figures": [...]}``, both empty unless ``wanted`` (the report rule: compare_baseline)."""
+    return {"json": [result("compare", "comparison.json")] if wanted else [],
+            "figures": [result("compare", "comparison.png")] if wanted else []}
+
+
+def comparison_arg(wildcards, input) -> str:
+    """`--comparison FILE` for the report command when the rule has a comparison input."""
+    files = [input.comparison] if isinstance(input.comparison, str) else input.comparison
+    return " ".join(f"--comparison {shlex.quote(f)}" for f in files)
+
+
 def where_results_are() -> str:
     """What `onsuccess` prints."""
     ran = Path("reports", RUN_ID).is_dir()
@@ -114,18 +138,22 @@ def where_results_are() -> str:
         f"  reconstruction: {result('infer', 'reconstruction.h5')}",
         f"  figures:        {result('infer', 'reconstruction.png')}, {result('train', 'loss.png')}",
         f"  metrics:        {result('infer', 'metrics.json')}",
+        *([f"  comparison:     {result('compare', 'comparison.md')} (PINN vs supervised baseline)"]
+          if Path(result("compare", "comparison.md")).is_file() else []),
         f"  report:         {result('report', 'index.md')}",
         f"  evidence:       reports/{RUN_ID}/ (this run)" if ran else
         "  evidence:       nothing ran in this invocation; see reports/latest/",
         "  latest run:     reports/latest/index.md"])
 
 
+WORKFLOW_KEYS = workflow_keys(Path(workflow.basedir, "workflow/schemas/config.schema.yaml"))
 check_config(config)  # first: it lists every problem, the schema only the first one
 validate(config, "../schemas/config.schema.yaml")  # the same checks; fills in defaults
 PACKAGE = Path(workflow.basedir) / "ptycho_torch"
 PYTHON = sys.executable  # the interpreter running Snakemake also runs the steps
 EXP = config["experiment"]
 RUN_ID = run_id(config)
+COMPARE = config["compare_baseline"]  # the report waits for compare.smk's method comparison
 
 
 envvars:

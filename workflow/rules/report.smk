@@ -2,7 +2,9 @@ rule report:
     """Index of this run: steps, metrics, figures and the run that made each product."""
     input:
         metrics=rules.infer.output.metrics,
-        figures=[rules.train.output.loss, rules.infer.output.figure],
+        figures=[rules.train.output.loss, rules.infer.output.figure,
+                 *comparison_for_report(COMPARE)["figures"]],
+        comparison=comparison_for_report(COMPARE)["json"],  # compare_baseline: true (compare.smk)
         products=[*rules.simulate.output, *rules.validate.output, *rules.train.output,
                   *rules.infer.output],
         code=step_sources("report"),
@@ -10,6 +12,7 @@ rule report:
         index=report(result("report", "index.md"), caption="../report/index.rst", category="Run"),
     params:
         config=SCIENCE,
+        comparison=comparison_arg,  # "" or --comparison results/<experiment>/compare/comparison.json
     log:
         log_path("report"),
     benchmark:
@@ -17,4 +20,4 @@ rule report:
     shell:
         "{PYTHON:q} -m ptycho_torch.report --config-json {params.config:q}"
         " --run-dir reports/$PTYCHO_RUN_ID --experiment {EXP} --metrics {input.metrics}"
-        " --figures {input.figures} --out {output.index} > {log} 2>&1"
+        " --figures {input.figures} {params.comparison} --out {output.index} > {log} 2>&1"

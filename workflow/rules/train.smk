@@ -14,7 +14,15 @@ rule train:
         log_path("train"),
     benchmark:
         benchmark_path("train")
+    resources:
+        # Data-parallel training processes on one node, one per GPU (gloo on CPU); > 1 launches
+        # them with torchrun. Set it where the GPUs are asked for (profiles/slurm/config.yaml)
+        # or with --set-resources train:processes=N. Not a rerun trigger (execution only).
+        processes=1,
     shell:
-        "{PYTHON:q} -m ptycho_torch.train --payload {input.payload} --data {input.data}"
+        "if [ {resources.processes} -gt 1 ]; then"
+        " set -- -m torch.distributed.run --standalone --nproc_per_node {resources.processes};"
+        " else set --; fi;"
+        " {PYTHON:q} \"$@\" -m ptycho_torch.train --payload {input.payload} --data {input.data}"
         " --out-dir {params.out_dir} {EXECUTION}"
         " --report-dir {REPORTS}/train > {log} 2>&1"

@@ -34,6 +34,8 @@ def field_schema(f: dataclasses.Field) -> dict[str, Any]:
         out["enum"] = list(md["choices"])
     elif md["power_of_two"]:
         out["enum"] = [2 ** k for k in range(64) if md["lo"] <= 2 ** k <= md["hi"]]
+    elif md.get("path"):
+        out["maxLength"] = 4096
     elif f.type == "str":
         out["pattern"] = NAME_PATTERN
     else:
@@ -52,13 +54,25 @@ def section_schema(cls: type) -> dict[str, Any]:
     return {"type": "object", "additionalProperties": False, "default": {}, "properties": props}
 
 
+# Workflow-level settings: top-level keys that steer Snakemake and never reach a step (not in
+# the experiment dataclasses, not in the config hash). common.smk takes every top-level schema
+# key that is not a dataclass field for one of these; config/README.md documents them.
+WORKFLOW_SETTINGS: dict[str, dict[str, Any]] = {
+    "run_id": {
+        "type": "string", "pattern": RUN_ID_PATTERN.pattern,
+        "description": "name this invocation's report directory reports/<run_id>/ "
+                       "(default: the UTC start time)"},
+    "compare_baseline": {
+        "type": "boolean", "default": False,
+        "description": "also train the supervised baseline, compare it with the PINN "
+                       "(workflow/rules/compare.smk) and put the table in the run index"},
+}
+
+
 def config_schema() -> dict[str, Any]:
     schema = section_schema(ExperimentConfig)
     del schema["default"]
-    schema["properties"]["run_id"] = {
-        "type": "string", "pattern": RUN_ID_PATTERN.pattern,
-        "description": "name this invocation's report directory reports/<run_id>/ "
-                       "(default: the UTC start time)"}
+    schema["properties"].update(WORKFLOW_SETTINGS)
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
             "description": "ptycho_torch experiment (mirrors ptycho_torch/config.py)", **schema}
 

@@ -1,0 +1,389 @@
+"""Compare reconstruction methods on the same test object: quality and cost side by side.
+
+``python -m ptycho_torch.compare --config-json JSON
+--method pinn results/EXP/infer/metrics.json results/EXP/train/model.pt
+--method supervised results/EXP/baseline/infer/metrics.json results/EXP/baseline/train/model.pt
+--out-dir results/EXP/compare --report-dir reports/<run_id>/EXP/compare`` writes
+``comparison.json``, ``comparison.md`` and ``comparison.png``.
+
+Each ``--method NAME METRICS [MODEL]`` is one method: the ``metrics.json`` that scored its
+reconstruction of the test object and, for a trained method, its ``model.pt``. Any number
+of methods (at least two) can be compared; a method without a model (an iterative solver)
+has no training cost.
+
+Quality: PSNR, SSIM and FRC50 of amplitude and phase, read from each metrics file (all
+higher-is-better; FRC50 in cycles/px, 0.5 = Nyquist). The metrics files must describe the
+same test object (same scored region and number of patterns), or the step refuses (exit 2).
+
+Cost: the seconds each step measured itself (train: ``train_seconds``, the training loop;
+infer: ``reconstruction_seconds``, network + stitching), read from the manifest of the step
+that made the file: the newest verified ``reports/*/*/*/manifest.json`` that records making
+exactly this file (path and sha256), as the report's provenance table finds it. The
+manifests used are named in ``comparison.json`` and recorded as inputs. A file no manifest
+records making has unknown cost ("n/a"). The same manifests give the number of training
+patterns, epochs and the sha256 of the training and test data: methods trained on different
+data, patterns or epochs are compared anyway, and the verdict says so.
+
+The verdict names, for each quality metric, the method with the higher value (a tie when
+the values agree to the 4 significant digits the table shows), and the faster method to
+train and to reconstruct. It describes this one run: no error bars, one seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import math
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ptycho_torch import cli
+from ptycho_torch.config import ExperimentConfig
+from ptycho_torch.config_factory import ConfigError
+from ptycho_torch.reports import (MANIFEST, StepReport, is_run_id, load_manifest, path_key,
+                                  sha256_file, write_atomic)
+
+LOG = logging.getLogger("ptycho_torch")
+PARTS = ("amplitude", "phase")
+METRICS = ("psnr", "ssim", "frc50")  # all: higher is better
+LABELS = {"psnr": "PSNR", "ssim": "SSIM", "frc50": "FRC50"}
+UNITS = {"psnr": "dB", "ssim": "", "frc50": "cycles/px"}
+COSTS = ("training_seconds", "reconstruction_seconds")  # lower is better
+COST_LABELS = {"training_seconds": "training", "reconstruction_seconds": "reconstruction"}
+NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+DIGITS = 4  # significant digits shown, and the resolution of a win
+
+
+# ---------------------------------------------------------------- evidence lookup
+
+def producer(product: Path, reports_root: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest verified manifest under ``reports_root`` that records making exactly the
+    file ``product`` (its path as manifests write it, and its current sha256), or None."""
+    key, digest = path_key(product), sha256_file(product)
+    manifests = [m for m in reports_root.glob(f"*/*/*/{MANIFEST}") if is_run_id(m.parents[2].name)]
+    for path in sorted(manifests, key=lambda m: m.parents[2].name, reverse=True):
+        m, _ = load_manifest(path)
+        entry = (m or {}).get("products", {}).get(key)
+        if isinstance(entry, dict) and entry.get("sha256") == digest:
+            return path, m
+    return None
+
+
+def _data_sha(manifest: dict[str, Any]) -> str | None:
+    """sha256 of the data file (.cxi/.npz/.h5) a step recorded reading."""
+    for name, entry in manifest.get("inputs", {}).items():
+        if Path(name).suffix in (".cxi", ".npz", ".h5") and isinstance(entry, dict):
+            return entry.get("sha256")
+    return None
+
+
+def method_entry(name: str, metrics_file: Path, model_file: Path | None,
+                 reports_root: Path) -> dict[str, Any]:
+    """One method's row: quality from ``metrics_file``, cost and training facts from the
+    manifests of the steps that made ``metrics_file`` and ``model_file``."""
+    try:
+        m = json.loads(metrics_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError([f"--method {name}: {metrics_file} is not a readable metrics.json "
+                           f"({exc})"]) from None
+    missing = [f"{part}.{k}" for part in PARTS for k in METRICS
+               if not isinstance(m.get(part), dict) or not isinstance(m[part].get(k), (int, float))]
+    if missing:
+        raise ConfigError([f"--method {name}: {metrics_file} lacks {', '.join(missing)}"])
+    entry: dict[str, Any] = {
+        "name": name, "metrics_file": path_key(metrics_file),
+        "metrics_sha256": sha256_file(metrics_file),
+        "model_file": path_key(model_file) if model_file else None,
+        **{part: {k: m[part][k] for k in METRICS} for part in PARTS},
+        "n_test_patterns": m.get("n_patterns"), "region": m.get("region"),
+        "alignment": m.get("alignment"), "evidence": {}}
+    made = producer(metrics_file, reports_root)
+    rec = made[1].get("numbers", {}) if made else {}
+    entry["reconstruction_seconds"] = rec.get("reconstruction_seconds")
+    entry["network_seconds"] = rec.get("network_seconds")
+    entry["test_data_sha256"] = _data_sha(made[1]) if made else None
+    if made:
+        entry["evidence"]["reconstruction"] = str(made[0])
+    entry["training"] = None
+    entry["training_seconds"] = None
+    if model_file is not None:
+        trained = producer(model_file, reports_root)
+        numbers = trained[1].get("numbers", {}) if trained else {}
+        entry["training_seconds"] = numbers.get("train_seconds")
+        entry["training"] = {"mode": numbers.get("mode"), "patterns": numbers.get("patterns"),
+                             "epochs": numbers.get("epochs"),
+                             "data_sha256": _data_sha(trained[1]) if trained else None}
+        if trained:
+            entry["evidence"]["training"] = str(trained[0])
+    return entry
+
+
+# ---------------------------------------------------------------- the comparison
+
+def _shown(v: float | None) -> float | None:
+    """``v`` rounded to the digits the table shows (wins are decided on these)."""
+    if v is None or not math.isfinite(v) or v == 0:
+        return v
+    return round(v, DIGITS - 1 - int(math.floor(math.log10(abs(v)))))
+
+
+def _best(values: dict[str, float | None], higher: bool) -> list[str]:
+    """Names holding the best shown value (several on a tie; none without values)."""
+    known = {k: _shown(v) for k, v in values.items() if v is not None and not math.isnan(v)}
+    if not known:
+        return []
+    best = (max if higher else min)(known.values())
+    return [k for k, v in known.items() if v == best]
+
+
+def like_for_like(methods: list[dict[str, Any]]) -> list[str]:
+    """What differs between the methods' training runs (empty: the same data, number of
+    patterns and epochs; methods without training are left out)."""
+    trained = [m for m in methods if m["training"] is not None]
+    notes = []
+    for key, what in (("data_sha256", "training data"), ("patterns", "training patterns"),
+                      ("epochs", "epochs")):
+        values = {m["name"]: m["training"][key] for m in trained}
+        if None in values.values():
+            unknown = ", ".join(k for k, v in values.items() if v is None)
+            notes.append(f"{what} unknown for {unknown} (no manifest records making its model)")
+        elif len(set(values.values())) > 1:
+            shown = ", ".join(f"{k} {str(v)[:12]}" for k, v in values.items())
+            notes.append(f"different {what} ({shown})")
+    return notes
+
+
+def check_same_test(methods: list[dict[str, Any]]) -> list[str]:
+    """Problems if the metrics files do not score the same test object."""
+    problems = []
+    for key, what in (("region", "scored region"), ("n_test_patterns", "number of test patterns"),
+                      ("test_data_sha256", "test data")):
+        values = {m["name"]: m[key] for m in methods if m[key] is not None}
+        if len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
+            problems.append(f"--method: the metrics files differ in their {what} ("
+                            + "; ".join(f"{k}: {json.dumps(v)[:60]}" for k, v in values.items())
+                            + "): not the same test object")
+    return problems
+
+
+def build_comparison(methods: list[dict[str, Any]], experiment: str) -> dict[str, Any]:
+    """The comparison of ``methods`` (rows from :func:`method_entry`): winners per quality
+    metric and per cost, what is not like for like, and a one-line verdict."""
+    winners = {f"{part}.{k}": _best({m["name"]: m[part][k] for m in methods}, higher=True)
+               for part in PARTS for k in METRICS}
+    winners.update({c: _best({m["name"]: m[c] for m in methods}, higher=False) for c in COSTS})
+    notes = like_for_like(methods)
+    comparison = {"experiment": experiment, "methods": methods, "parts": list(PARTS),
+                  "metrics": list(METRICS), "higher_is_better": list(METRICS),
+                  "lower_is_better": list(COSTS), "winners": winners,
+                  "not_like_for_like": notes}
+    comparison["verdict"] = verdict(comparison)
+    return comparison
+
+
+def _wins_text(keys: list[str]) -> str:
+    """``["amplitude.psnr", "amplitude.ssim", "phase.frc50"]`` -> "amplitude PSNR/SSIM, phase
+    FRC50"."""
+    by_part: dict[str, list[str]] = {}
+    for key in keys:
+        part, metric = key.split(".")
+        by_part.setdefault(part, []).append(LABELS[metric])
+    return ", ".join(f"{part} {'/'.join(ms)}" for part, ms in by_part.items())
+
+
+def _cost_text(comparison: dict[str, Any], cost: str) -> str | None:
+    values = {m["name"]: m[cost] for m in comparison["methods"] if m[cost] is not None}
+    best = comparison["winners"][cost]
+    if len(values) < 2 or not best:
+        return None
+    if len(best) > 1:
+        return f"{COST_LABELS[cost]} equally fast ({', '.join(best)})"
+    others = ", ".join(f"{k} {_fmt(v)} s" for k, v in values.items() if k not in best)
+    return f"{COST_LABELS[cost]} faster with {best[0]} ({_fmt(values[best[0]])} s vs {others})"
+
+
+def verdict(comparison: dict[str, Any]) -> str:
+    """One line: which method wins which quality metric, and which is cheaper."""
+    names = [m["name"] for m in comparison["methods"]]
+    quality = [f"{p}.{k}" for p in PARTS for k in METRICS]
+    sole = {n: [q for q in quality if comparison["winners"][q] == [n]] for n in names}
+    ties = [q for q in quality if len(comparison["winners"][q]) > 1]
+    ranked = sorted(names, key=lambda n: -len(sole[n]))
+    parts = [(f"{n} better on {len(sole[n])} of {len(quality)} quality metrics" if i == 0
+              else f"{n} on {len(sole[n])}") + (f" ({_wins_text(sole[n])})" if sole[n] else "")
+             for i, n in enumerate(ranked)]
+    text = "; ".join(parts)
+    if ties:
+        text += f"; tied on {_wins_text(ties)}"
+    costs = [t for t in (_cost_text(comparison, c) for c in COSTS) if t]
+    if costs:
+        text += "; " + "; ".join(costs)
+    if comparison["not_like_for_like"]:
+        text += "; NOT like for like: " + "; ".join(comparison["not_like_for_like"])
+    return text + " (this run only: one seed, no error bars)."
+
+
+# ---------------------------------------------------------------- rendering
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{DIGITS}g}" if math.isfinite(v) else str(v)
+    return str(v)
+
+
+def table_lines(comparison: dict[str, Any]) -> list[str]:
+    """The comparison table (Markdown), the best value of each column in bold, and the verdict."""
+    cols = [(f"{p}.{k}", f"{p} {LABELS[k]}" + (f" ({UNITS[k]})" if UNITS[k] else ""))
+            for p in PARTS for k in METRICS]
+    cols += [(c, f"{COST_LABELS[c]} (s)") for c in COSTS]
+    lines = ["| method | training | " + " | ".join(label for _, label in cols) + " |",
+             "|---|---|" + "---|" * len(cols)]
+    for m in comparison["methods"]:
+        t = m["training"]
+        trained = (f"{t['mode']}, {_fmt(t['patterns'])} patterns x {_fmt(t['epochs'])} epochs"
+                   if t else "none")
+        cells = []
+        for key, _ in cols:
+            value = m[key] if key in COSTS else m[key.split(".")[0]][key.split(".")[1]]
+            bold = m["name"] in comparison["winners"][key] and len(comparison["methods"]) > 1
+            cells.append(f"**{_fmt(value)}**" if bold and value is not None else _fmt(value))
+        lines.append(f"| {m['name']} | {trained} | " + " | ".join(cells) + " |")
+    first = comparison["methods"][0]
+    region = first.get("region") or {}
+    lines += ["", f"**Verdict:** {comparison['verdict']}", "",
+              f"Test object: {_fmt(first.get('n_test_patterns'))} patterns, scored region rows "
+              f"{region.get('rows')}, cols {region.get('cols')} (the same for every method). "
+              "Higher is better for PSNR, SSIM and FRC50 (cycles/px, 0.5 = Nyquist), lower for "
+              "the times. Times are each step's own measurement (training loop; network + "
+              "stitching), from the manifest of the step that made the file; run-to-run "
+              "variation on shared CPUs is up to +-50 %."]
+    return lines
+
+
+def markdown_section(comparison: dict[str, Any], heading: str = "##") -> list[str]:
+    """The comparison as a section of a Markdown document (the run index embeds it)."""
+    names = " vs ".join(m["name"] for m in comparison["methods"])
+    return [f"{heading} Method comparison: {names}", "", *table_lines(comparison)]
+
+
+def markdown(comparison: dict[str, Any]) -> str:
+    body = markdown_section(comparison, "#")
+    body[0] += f", experiment `{comparison['experiment']}`"
+    evidence = [f"- {m['name']}: `{m['metrics_file']}`"
+                + "".join(f", {k} cost from `{v}`" for k, v in m["evidence"].items())
+                for m in comparison["methods"]]
+    return "\n".join(body + ["", "Sources:", "", *evidence]) + "\n"
+
+
+def figure(path: Path, comparison: dict[str, Any]) -> None:
+    """Bars per method: amplitude and phase PSNR, SSIM, FRC50 and the two costs."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = comparison["methods"]
+    names = [m["name"] for m in methods]
+    colours = [f"C{i}" for i in range(len(methods))]
+    fig, axes = plt.subplots(2, 4, figsize=(11, 5), constrained_layout=True)
+    for row, part in enumerate(PARTS):
+        for col, k in enumerate(METRICS):
+            ax = axes[row, col]
+            values = [m[part][k] if math.isfinite(m[part][k]) else 0.0 for m in methods]
+            ax.bar(names, values, color=colours)
+            ax.set_title(f"{part} {LABELS[k]}" + (f" [{UNITS[k]}]" if UNITS[k] else ""),
+                         fontsize=9)
+            ax.tick_params(labelsize=8)
+        cost = COSTS[row]
+        ax = axes[row, 3]
+        ax.bar(names, [m[cost] or 0.0 for m in methods], color=colours)
+        ax.set_title(f"{COST_LABELS[cost]} [s], lower is better", fontsize=9)
+        ax.tick_params(labelsize=8)
+    fig.suptitle(f"{' vs '.join(names)} on the test object (higher is better unless noted)",
+                 fontsize=10)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------- command line
+
+def parse_methods(specs: list[list[str]]) -> tuple[list[tuple[str, Path, Path | None]], list[str]]:
+    """``--method NAME METRICS [MODEL]`` values -> ``(name, metrics, model)``, problems."""
+    methods, problems = [], []
+    for spec in specs:
+        if len(spec) not in (2, 3):
+            problems.append(f"--method {' '.join(spec)}: expected NAME METRICS [MODEL]")
+            continue
+        name, metrics, model = spec[0], Path(spec[1]), Path(spec[2]) if len(spec) == 3 else None
+        if not NAME.match(name):
+            problems.append(f"--method {name}: a name holds only letters, digits, '-' and '_'")
+        for f in (metrics, model):
+            if f is not None and not f.is_file():
+                problems.append(f"--method {name}: {f} not found")
+        methods.append((name, metrics, model))
+    names = [m[0] for m in methods]
+    if len(specs) < 2:
+        problems.append("--method: give at least two methods to compare")
+    if len(set(names)) < len(names):
+        problems.append(f"--method: method names must differ, got {', '.join(names)}")
+    return methods, problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ptycho_torch.compare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_config_args(parser)
+    parser.add_argument("--method", action="append", nargs="+", default=[], required=True,
+                        metavar=("NAME", "METRICS [MODEL]"),
+                        help="one method (repeat for each): its name, the metrics.json of its "
+                             "reconstruction of the test object, and its model.pt if trained")
+    parser.add_argument("--out-dir", type=Path, required=True,
+                        help="writes comparison.json, comparison.md, comparison.png here")
+    parser.add_argument("--reports-root", type=Path,
+                        help="where the step manifests are looked up (default: the reports "
+                             "directory holding --report-dir)")
+    cli.add_report_arg(parser)
+    args = parser.parse_args(argv)
+    products = [args.out_dir / n for n in ("comparison.json", "comparison.md", "comparison.png")]
+    reports_root = args.reports_root or args.report_dir.parent.parent.parent
+    methods, problems = parse_methods(args.method)
+
+    def load(a: argparse.Namespace) -> ExperimentConfig:
+        cfg = cli.config_from_args(a)
+        if problems:
+            raise ConfigError(problems)
+        return cfg
+
+    def body(cfg: ExperimentConfig, rep: StepReport) -> None:
+        rows = [method_entry(name, metrics, model, reports_root)
+                for name, metrics, model in methods]
+        same = check_same_test(rows)
+        if same:
+            raise ConfigError(same)
+        comparison = build_comparison(rows, cfg.experiment)
+        rep.inputs += [Path(p) for m in rows for p in m["evidence"].values()]
+        text = json.dumps(comparison, indent=2) + "\n"
+        write_atomic(products[0], text)
+        write_atomic(products[1], markdown(comparison))
+        figure(products[2], comparison)
+        for product in products:
+            shutil.copyfile(product, rep.directory / product.name)
+        for m in rows:
+            rep.record({f"{m['name']}_{p}_{k}": m[p][k] for p in PARTS for k in METRICS})
+            rep.record({f"{m['name']}_{c}": m[c] for c in COSTS})
+        rep.verdict = comparison["verdict"]
+        LOG.info("comparison: %s", comparison["verdict"])
+
+    inputs = [p for _, metrics, model in methods for p in (metrics, model) if p is not None]
+    return cli.run_step("compare", args, products, body, load_config=load, inputs=inputs)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

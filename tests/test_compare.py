@@ -1,0 +1,264 @@
+"""The method comparison: the table builder (numbers straight from the metrics files and the
+step manifests), the compare CLI, and the workflow's `compare` target on the tiny experiment
+(the baseline rules in the DAG; one end-to-end run: comparison.json, the table in the run
+index, the compare step's evidence)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, copy_workflow, jobs_run, run_snakemake, run_step
+from ptycho_torch import compare
+from ptycho_torch.reports import RUN_ID_PATTERN, StepReport, load_manifest, sha256_file
+
+EXP = "tiny"
+QUALITY = [f"{p}.{k}" for p in compare.PARTS for k in compare.METRICS]
+BASELINE_RULES = {"baseline_train", "baseline_infer", "comparison"}
+
+
+# ---------------------------------------------------------------- the table builder
+
+def metrics(amp: tuple[float, float, float], phase: tuple[float, float, float],
+            n: int = 144) -> dict:
+    """A metrics.json as the infer step writes it (the keys the comparison reads)."""
+    def part(v):
+        return {"mae": 0.1, "mse": 0.01, "psnr": v[0], "ssim": v[1], "frc50": v[2], "frc_1_7": 0.2}
+    return {"amplitude": part(amp), "phase": part(phase), "alignment": {"global_phase": True},
+            "n_patterns": n, "region": {"rows": [8, 53], "cols": [9, 53]}}
+
+
+def write_step(run: str, exp: str, step: str, products: dict[str, str | bytes],
+               numbers: dict, data: Path) -> None:
+    """Products and a real manifest of one step (in the current directory)."""
+    paths = []
+    for name, content in products.items():
+        path = Path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        paths.append(path)
+    rep_dir = Path("reports", run, exp, step)
+    rep_dir.mkdir(parents=True)
+    rep = StepReport(rep_dir, step, paths, "0" * 64, 7, inputs=[data],
+                     environment={"code": {}, "packages": {}, "host": "h", "slurm_job_id": None})
+    rep.record(numbers)
+    rep.finish(ok=True)
+
+
+@pytest.fixture
+def two_methods(tmp_path, monkeypatch):
+    """Metrics, models and manifests of two methods: A wins amplitude, B wins phase; A trains
+    faster (1 s vs 3 s), B reconstructs faster (0.2 s vs 0.5 s)."""
+    monkeypatch.chdir(tmp_path)
+    train, test = Path("train.cxi"), Path("test.cxi")
+    train.write_bytes(b"train data")
+    test.write_bytes(b"test data")
+    run = "2026-01-01T000000Z"
+    for name, amp, phase, t_train, t_rec in (("a", (20.0, 0.5, 0.2), (10.0, 0.3, 0.1), 1.0, 0.5),
+                                             ("b", (18.0, 0.4, 0.1), (12.0, 0.6, 0.3), 3.0, 0.2)):
+        write_step(run, name, "train", {f"results/{name}/model.pt": f"weights {name}"},
+                   {"train_seconds": t_train, "patterns": 64, "epochs": 2, "mode": name}, train)
+        write_step(run, name, "infer",
+                   {f"results/{name}/metrics.json": json.dumps(metrics(amp, phase))},
+                   {"reconstruction_seconds": t_rec, "network_seconds": t_rec / 2}, test)
+    return tmp_path
+
+
+def built(names_files: list[tuple[str, str]]) -> dict:
+    rows = [compare.method_entry(name, Path(f"results/{src}/metrics.json"),
+                                 Path(f"results/{src}/model.pt"), Path("reports"))
+            for name, src in names_files]
+    return compare.build_comparison(rows, EXP)
+
+
+def test_numbers_come_from_the_metrics_files_and_the_step_manifests(two_methods):
+    c = built([("a", "a"), ("b", "b")])
+    a, b = c["methods"]
+    assert a["amplitude"] == {"psnr": 20.0, "ssim": 0.5, "frc50": 0.2}
+    assert b["phase"] == {"psnr": 12.0, "ssim": 0.6, "frc50": 0.3}
+    assert (a["training_seconds"], a["reconstruction_seconds"]) == (1.0, 0.5)
+    assert (b["training_seconds"], b["reconstruction_seconds"]) == (3.0, 0.2)
+    assert a["training"]["patterns"] == 64 and a["training"]["epochs"] == 2
+    assert a["evidence"]["training"] == "reports/2026-01-01T000000Z/a/train/manifest.json"
+    assert {q: c["winners"][q] for q in QUALITY} == {
+        **{f"amplitude.{k}": ["a"] for k in compare.METRICS},
+        **{f"phase.{k}": ["b"] for k in compare.METRICS}}
+    assert c["winners"]["training_seconds"] == ["a"]
+    assert c["winners"]["reconstruction_seconds"] == ["b"]
+    assert c["not_like_for_like"] == []
+    assert c["verdict"].startswith("a better on 3 of 6 quality metrics (amplitude PSNR/SSIM/FRC50)")
+    assert "training faster with a (1 s vs b 3 s)" in c["verdict"]
+    assert "reconstruction faster with b (0.2 s vs a 0.5 s)" in c["verdict"]
+    table = "\n".join(compare.table_lines(c))
+    row = ("| a | a, 64 patterns x 2 epochs | **20** | **0.5** | **0.2** | 10 | 0.3 | 0.1 "
+           "| **1** | 0.5 |")
+    assert row in table
+
+
+def test_swapping_the_metrics_files_flips_the_verdict(two_methods):
+    before = built([("pinn", "a"), ("supervised", "b")])
+    a, b = Path("results/a/metrics.json"), Path("results/b/metrics.json")
+    a_text, b_text = a.read_text(), b.read_text()
+    a.write_text(b_text)
+    b.write_text(a_text)
+    after = built([("pinn", "a"), ("supervised", "b")])
+    flip = {"pinn": "supervised", "supervised": "pinn"}
+    for q in QUALITY:
+        assert after["winners"][q] == [flip[n] for n in before["winners"][q]], q
+    assert before["verdict"].startswith("pinn better on 3 of 6 quality metrics (amplitude "
+                                        "PSNR/SSIM/FRC50); supervised on 3 (phase PSNR/SSIM/FRC50)")
+    assert after["verdict"].startswith("pinn better on 3 of 6 quality metrics (phase PSNR/SSIM/"
+                                       "FRC50); supervised on 3 (amplitude PSNR/SSIM/FRC50)")
+    # a cost belongs to the exact file its step made: no manifest made the swapped files
+    assert [m["reconstruction_seconds"] for m in after["methods"]] == [None, None]
+
+
+def test_unknown_cost_ties_and_unequal_training_are_stated(two_methods):
+    Path("results/c").mkdir()
+    shutil.copy("results/a/metrics.json", "results/c/metrics.json")  # no manifest made this copy
+    rows = [compare.method_entry("a", Path("results/a/metrics.json"), Path("results/a/model.pt"),
+                                 Path("reports")),
+            compare.method_entry("c", Path("results/c/metrics.json"), None, Path("reports"))]
+    c = compare.build_comparison(rows, EXP)
+    assert rows[1]["reconstruction_seconds"] is None and rows[1]["training"] is None
+    assert all(c["winners"][q] == ["a", "c"] for q in QUALITY)  # identical numbers: ties
+    assert "tied on amplitude PSNR/SSIM/FRC50, phase PSNR/SSIM/FRC50" in c["verdict"]
+    assert "n/a" in "\n".join(compare.table_lines(c))
+    b = compare.method_entry("b", Path("results/b/metrics.json"), Path("results/b/model.pt"),
+                             Path("reports"))
+    b["training"]["epochs"] = 5
+    c = compare.build_comparison([rows[0], b], EXP)
+    assert c["not_like_for_like"] == ["different epochs (a 2, b 5)"]
+    assert "NOT like for like: different epochs" in c["verdict"]
+
+
+# ---------------------------------------------------------------- the CLI
+
+def test_cli_help():
+    out = run_step("compare", "--help", cwd=Path.cwd())
+    assert out.returncode == 0 and "--method NAME" in out.stdout
+
+
+def test_cli_writes_products_and_evidence(two_methods):
+    run_dir = Path("reports/2026-01-01T000100Z")
+    out = run_step("compare", "--config-json", json.dumps({"experiment": EXP}),
+                   "--method", "a", "results/a/metrics.json", "results/a/model.pt",
+                   "--method", "b", "results/b/metrics.json", "results/b/model.pt",
+                   "--out-dir", "results/compare", "--report-dir", str(run_dir / EXP / "compare"),
+                   cwd=two_methods)
+    assert out.returncode == 0, out.stderr
+    c = json.loads(Path("results/compare/comparison.json").read_text())
+    assert [m["name"] for m in c["methods"]] == ["a", "b"]
+    assert "| method | training |" in Path("results/compare/comparison.md").read_text()
+    assert Path("results/compare/comparison.png").stat().st_size > 5000
+    manifest, problem = load_manifest(run_dir / EXP / "compare" / "manifest.json")
+    assert problem is None and manifest["step"] == "compare"
+    assert "reports/2026-01-01T000000Z/a/train/manifest.json" in manifest["inputs"]
+
+
+def test_cli_refuses_different_test_objects_and_writes_nothing(two_methods):
+    Path("results/b/metrics.json").write_text(json.dumps(metrics((1, 1, 1), (1, 1, 1), n=99)))
+    out = run_step("compare", "--method", "a", "results/a/metrics.json",
+                   "--method", "b", "results/b/metrics.json", "--out-dir", "results/compare",
+                   "--report-dir", "reports/2026-01-01T000100Z/tiny/compare", cwd=two_methods)
+    assert out.returncode == 2
+    assert "differ in their number of test patterns" in out.stderr
+    assert not Path("results/compare/comparison.json").exists()
+    assert not Path("reports/2026-01-01T000100Z").exists()
+
+
+def test_cli_refuses_a_metrics_file_without_the_metrics(two_methods):
+    Path("results/b/metrics.json").write_text(json.dumps({"amplitude": {"psnr": 1.0}}))
+    out = run_step("compare", "--method", "a", "results/a/metrics.json",
+                   "--method", "b", "results/b/metrics.json", "--out-dir", "results/compare",
+                   "--report-dir", "reports/2026-01-01T000100Z/tiny/compare", cwd=two_methods)
+    assert out.returncode == 2 and "lacks amplitude.ssim, amplitude.frc50, phase.psnr" in out.stderr
+    assert not Path("results/compare").exists()
+
+
+def test_cli_needs_two_methods(two_methods):
+    out = run_step("compare", "--method", "a", "results/a/metrics.json", "--out-dir", "x",
+                   "--report-dir", "reports/2026-01-01T000100Z/tiny/compare", cwd=two_methods)
+    assert out.returncode == 2 and "at least two methods" in out.stderr
+
+
+# ---------------------------------------------------------------- the workflow
+
+@pytest.mark.slow
+def test_dry_run_of_compare_lists_the_baseline_rules(workflow_copy):
+    out = run_snakemake(workflow_copy, "compare", "--dry-run", "--configfile", TINY)
+    assert out.returncode == 0, out.stdout
+    assert jobs_run(out.stdout) == {"simulate", "validate", "train", "infer", *BASELINE_RULES,
+                                    "report_with_comparison", "compare"}
+    assert "--comparison results/tiny/compare/comparison.json" in out.stdout
+
+
+@pytest.mark.slow
+def test_the_switch_puts_the_comparison_before_the_default_report(workflow_copy):
+    out = run_snakemake(workflow_copy, "--dry-run", "--configfile", TINY)
+    assert out.returncode == 0 and not jobs_run(out.stdout) & BASELINE_RULES, out.stdout
+    (workflow_copy / "on.yaml").write_text("compare_baseline: true\n")
+    out = run_snakemake(workflow_copy, "compare", "all", "--dry-run", "--configfile", TINY,
+                        "on.yaml")
+    assert out.returncode == 0, out.stdout
+    assert jobs_run(out.stdout) == {"simulate", "validate", "train", "infer", *BASELINE_RULES,
+                                    "report", "all", "compare"}  # one report, after the comparison
+    assert "--comparison results/tiny/compare/comparison.json" in out.stdout
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory) -> tuple[Path, Path]:
+    """One `snakemake compare` run of the tiny experiment: (workdir, run directory)."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("compare"))
+    out = run_snakemake(workdir, "compare", "--configfile", TINY)
+    assert out.returncode == 0, out.stdout
+    (run_dir,) = [p for p in (workdir / "reports").iterdir() if RUN_ID_PATTERN.match(p.name)]
+    return workdir, run_dir
+
+
+@pytest.mark.slow
+def test_compare_run_scores_both_methods(compared):
+    workdir, _ = compared
+    c = json.loads((workdir / f"results/{EXP}/compare/comparison.json").read_text())
+    assert [m["name"] for m in c["methods"]] == ["pinn", "supervised"]
+    for m in c["methods"]:
+        for part in compare.PARTS:
+            assert set(m[part]) == set(compare.METRICS)
+        assert m["training_seconds"] > 0 and m["reconstruction_seconds"] > 0
+        assert m["training"]["patterns"] == 64 and m["training"]["epochs"] == 2
+    assert [m["training"]["mode"] for m in c["methods"]] == ["pinn", "supervised"]
+    assert c["not_like_for_like"] == [] and c["verdict"]
+    assert set(c["winners"]) == {*QUALITY, *compare.COSTS}
+
+
+@pytest.mark.slow
+def test_compare_run_puts_the_table_in_the_run_index(compared):
+    workdir, run_dir = compared
+    index = (run_dir / "index.md").read_text()
+    assert "## Method comparison: pinn vs supervised" in index
+    assert "| pinn | pinn, 64 patterns x 2 epochs |" in index
+    assert "| supervised | supervised, 64 patterns x 2 epochs |" in index
+    assert "**Verdict:**" in index and f"]({EXP}/report/comparison.png)" in index
+    assert f"({EXP}/compare/summary.md)" in index  # the compare step ran before the report
+    assert (workdir / f"results/{EXP}/compare/index.md").read_text().count("**Verdict:**") == 1
+    assert os.readlink(workdir / "reports" / "latest") == run_dir.name
+
+
+@pytest.mark.slow
+def test_compare_run_leaves_evidence_that_audits_clean(compared):
+    workdir, run_dir = compared
+    step = run_dir / EXP / "compare"
+    manifest, problem = load_manifest(step / "manifest.json")
+    assert problem is None and manifest["status"] == "ok"
+    assert {"summary.md", "compare.log", "config.json", "comparison.json", "comparison.md",
+            "comparison.png"} <= set(manifest["files"])
+    for name in ("comparison.json", "comparison.md", "comparison.png"):
+        product = f"results/{EXP}/compare/{name}"
+        assert manifest["products"][product]["sha256"] == sha256_file(workdir / product)
+    assert sorted(p.name for p in (run_dir / f"{EXP}_baseline").iterdir()) == ["infer", "train"]
+    out = run_step("audit", "reports", cwd=workdir)
+    assert out.returncode == 0, out.stdout

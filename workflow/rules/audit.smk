@@ -1,0 +1,9 @@
+rule audit:
+    """Audit reports/ and results/ (python -m ptycho_torch.audit): every step directory
+    complete, every hash matching, every product traceable. Reads only; the table goes to
+    the terminal, the JSON to results/<experiment>/audit/audit.json (not a declared output:
+    the rule runs whenever it is named and never reruns or blocks a step). Name it on its
+    own (snakemake audit), not next to targets that run steps: it does not wait for them."""
+    localrule: True
+    shell:
+        "{PYTHON:q} -m ptycho_torch.audit reports --json-out results/{EXP}/audit/audit.json"
