@@ -129,7 +129,7 @@ class TrainingConfig:
     mode: str = spec("pinn", "pinn = unsupervised physics loss on the counts; supervised = "
                      "PtychoNN-style baseline, same network, L1 loss on ground-truth patches",
                      choices=("pinn", "supervised"))
-    epochs: int = spec(30, "passes over the training patterns", lo=0, hi=100000)
+    epochs: int = spec(45, "passes over the training patterns", lo=0, hi=100000)
     batch_size: int = spec(16, "patterns per optimiser step", lo=1, hi=65536)
     learning_rate: float = spec(1e-3, "Adam learning rate", lo=1e-7, hi=1.0)
     loss: str = spec("poisson", "Poisson NLL on counts, or MAE on amplitudes sqrt(counts)",
@@ -146,9 +146,10 @@ class InferenceConfig:
                             "agree (angular synchronisation; a single pattern does not measure "
                             "its patch's global phase)")
     calibration_iterations: int = spec(150, "Adam steps fitting each patch's global phase and "
-                                       "one phase ramp of the stitched object to the measured "
-                                       "counts (0 = off)", lo=0, hi=100000)
-    calibration_learning_rate: float = spec(0.02, "Adam step size of that calibration", "rad",
+                                       "amplitude scale and one phase ramp of the stitched "
+                                       "object to the measured counts (0 = off)", lo=0, hi=100000)
+    calibration_learning_rate: float = spec(0.02, "Adam step size of that calibration (rad, and "
+                                            "log amplitude)", "rad",
                                             lo=1e-5, hi=1.0)
 
 

@@ -7,11 +7,12 @@ network's patches disagree on it. Two steps fix that, neither using ground truth
    patches agree, all at once (angular synchronisation: the leading eigenvector
    of the Hermitian matrix of pairwise overlaps). Small systematic errors in the
    patches' phase gradients still add up to a drift across the object.
-2. :func:`calibrate_phases` then adjusts those ``n`` phase constants and one
-   global phase ramp (``n + 2`` numbers; the patches themselves are untouched)
-   so that the *stitched* object best explains the measured counts (Poisson
-   NLL through the same forward model as training). The stitched object couples
-   neighbours, so the data do determine these constants there.
+2. :func:`calibrate_patches` then adjusts one complex factor per patch (its
+   global phase and amplitude scale) and one global phase ramp (``2n + 2``
+   numbers; the shapes of the patches are untouched) so that the *stitched*
+   object best explains the measured counts (Poisson NLL through the same
+   forward model as training). The stitched object couples neighbours, so the
+   data do determine these constants there.
 
 :func:`stitch` forms the weighted average on the object canvas.
 """
@@ -88,32 +89,32 @@ def _ramp(shape: tuple[int, int], gradient: torch.Tensor) -> torch.Tensor:
     return torch.exp(1j * (gradient[0] * rows + gradient[1] * cols))
 
 
-def calibrate_phases(patches: torch.Tensor, pos: torch.Tensor, shape: tuple[int, int],
-                     weight: torch.Tensor, den: torch.Tensor, probe: torch.Tensor,
-                     counts: torch.Tensor, iterations: int,
-                     lr: float) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
-    """Per-patch phases ``[n]`` (rad) and a global ramp ``[2]`` (rad/px) fitted to the counts.
+def calibrate_patches(patches: torch.Tensor, pos: torch.Tensor, shape: tuple[int, int],
+                      weight: torch.Tensor, den: torch.Tensor, probe: torch.Tensor,
+                      counts: torch.Tensor, iterations: int,
+                      lr: float) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """Per-patch complex factors ``[n]`` and a global ramp ``[2]`` (rad/px) fitted to the counts.
 
     Minimises the Poisson NLL of ``counts [n, N, N]`` predicted from the stitched
-    object ``average(p_i e^{i t_i}) * e^{i g.x}`` with Adam; returns ``t``, ``g``
-    and the loss per iteration. The ramp is optimised in units of 0.01 rad/px so
-    that one learning rate suits both.
+    object ``average(p_i exp(a_i + i t_i)) * e^{i g.x}`` with Adam; returns the
+    factors ``exp(a + i t)``, ``g`` and the loss per iteration. The ramp is
+    optimised in units of 0.01 rad/px so that one learning rate suits all.
     """
-    theta = torch.zeros(len(patches), dtype=torch.float64, requires_grad=True)
+    log_factor = torch.zeros(len(patches), dtype=torch.complex128, requires_grad=True)
     g = torch.zeros(2, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.Adam([theta, g], lr=lr)
+    opt = torch.optim.Adam([log_factor, g], lr=lr)
     probe, counts, N = probe.to(torch.complex128), counts.to(torch.float64), patches.shape[-1]
     losses = []
     for _ in range(iterations):
-        rotated = patches * torch.exp(1j * theta)[:, None, None]
-        obj = _average(rotated, pos, shape, weight, den) * _ramp(shape, 0.01 * g)
+        scaled = patches * torch.exp(log_factor)[:, None, None]
+        obj = _average(scaled, pos, shape, weight, den) * _ramp(shape, 0.01 * g)
         loss = poisson_loss(physics.forward_intensity(probe, physics.extract_patches(obj, pos, N)),
                             counts)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    return theta.detach(), 0.01 * g.detach(), losses
+    return torch.exp(log_factor.detach()), 0.01 * g.detach(), losses
 
 
 def stitch(patches: torch.Tensor, positions: np.ndarray, shape: tuple[int, int],
@@ -125,7 +126,7 @@ def stitch(patches: torch.Tensor, positions: np.ndarray, shape: tuple[int, int],
     (sub-pixel) patch extraction of :mod:`ptycho_torch.physics` and ``w = |P|^2``
     (``probe_weighted``) or 1 (``uniform``). Pixels no patch covers are 0. With
     ``counts [n, N, N]`` and ``cfg.calibration_iterations > 0`` the phases are
-    calibrated on the data (:func:`calibrate_phases`). Returns the object and a
+    calibrated on the data (:func:`calibrate_patches`). Returns the object and a
     JSON-able record of what was done.
     """
     pos = torch.from_numpy(positions)
@@ -139,10 +140,10 @@ def stitch(patches: torch.Tensor, positions: np.ndarray, shape: tuple[int, int],
         patches = synchronise_phases(patches, positions, weight)
     ramp = torch.zeros(2, dtype=torch.float64)
     if counts is not None and cfg.calibration_iterations > 0:
-        theta, ramp, losses = calibrate_phases(
+        factors, ramp, losses = calibrate_patches(
             patches, pos, shape, weight, den, torch.from_numpy(probe), torch.from_numpy(counts),
             cfg.calibration_iterations, cfg.calibration_learning_rate)
-        patches = patches * torch.exp(1j * theta)[:, None, None]
+        patches = patches * factors[:, None, None]
         record.update({"calibration_iterations": cfg.calibration_iterations,
                        "calibration_loss_first_last": [losses[0], losses[-1]],
                        "calibration_ramp_rad_per_px": ramp.tolist()})
