@@ -23,6 +23,8 @@ import math
 
 import numpy as np
 import torch
+from scipy import sparse
+from scipy.sparse.linalg import eigsh
 from scipy.spatial import cKDTree
 
 from ptycho_torch import physics
@@ -34,44 +36,45 @@ def pair_overlaps(patches: torch.Tensor, positions: torch.Tensor, pairs: torch.T
                   weight: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     """``c_ij = <A_i^T(w p_i), A_j^T(w p_j)>`` for index pairs ``[m, 2]`` -> ``[m]`` complex.
 
-    Each pair is placed on its own small canvas around the pair's midpoint.
+    Each pair gets its own small canvas: ``p_j`` at its centre (an integer
+    position: no interpolation), ``p_i`` displaced by ``pos_i - pos_j``.
     """
     N = patches.shape[-1]
     out = []
     for s in range(0, len(pairs), chunk):
         i, j = pairs[s:s + chunk, 0], pairs[s:s + chunk, 1]
-        half = (positions[i] - positions[j]) / 2  # [b, 2]
-        M = N + 2 * (int(math.ceil(float(half.abs().max()))) + 2)
+        shift = positions[i] - positions[j]  # [b, 2]
+        M = N + 2 * (int(math.ceil(float(shift.abs().max()))) + 2)
         row0 = M * torch.arange(len(i), dtype=torch.float64)[:, None] * torch.tensor([1.0, 0.0])
-        a = physics.place_patches(weight * patches[i], M / 2 + half + row0, (len(i) * M, M))
-        b = physics.place_patches(weight * patches[j], M / 2 - half + row0, (len(i) * M, M))
+        a = physics.place_patches(weight * patches[i], M // 2 + shift + row0, (len(i) * M, M))
+        b = physics.place_patches(weight * patches[j], M // 2 + row0, (len(i) * M, M))
         out.append((a * b.conj()).reshape(len(i), M * M).sum(1))
     return torch.cat(out)
 
 
 def synchronise_phases(patches: torch.Tensor, positions: np.ndarray, weight: torch.Tensor,
-                       neighbours: int = 8, iterations: int = 200) -> torch.Tensor:
+                       neighbours: int = 8) -> torch.Tensor:
     """Rotate patches ``[n, N, N]`` by one global phase each so that overlaps agree.
 
     Pairwise overlaps ``c_ij`` of each patch with its ``neighbours`` nearest
     form a sparse Hermitian matrix ``H`` (``c_ij ~ |c| e^{i(t_i - t_j)}``); its
-    leading eigenvector (power iteration) is ``e^{i t}`` up to one global phase.
+    leading eigenvector (Lanczos, from a fixed start: deterministic) is
+    ``e^{i t}`` up to one global phase.
     """
     n = len(patches)
-    if n < 2:
+    if n < 3:
         return patches
     _, nn_idx = cKDTree(positions).query(positions, k=min(neighbours + 1, n))
     pairs = {(min(i, j), max(i, j)) for i, row in enumerate(nn_idx) for j in row[1:]}
     pairs_t = torch.tensor(sorted(pairs), dtype=torch.long)
-    c = pair_overlaps(patches, torch.from_numpy(positions), pairs_t, weight)
-    diag = (weight * patches).abs().square().sum((-2, -1)).to(c.dtype)
-    rows = torch.cat([pairs_t[:, 0], pairs_t[:, 1], torch.arange(n)])
-    cols = torch.cat([pairs_t[:, 1], pairs_t[:, 0], torch.arange(n)])
-    vals = torch.cat([c, c.conj(), diag])
-    v = torch.ones(n, dtype=c.dtype)
-    for _ in range(iterations):
-        v = torch.zeros_like(v).index_add_(0, rows, vals * v[cols])
-        v = v / v.abs().max()
+    c = pair_overlaps(patches, torch.from_numpy(positions), pairs_t, weight).numpy()
+    diag = (weight * patches).abs().square().sum((-2, -1)).numpy()
+    i, j = pairs_t[:, 0].numpy(), pairs_t[:, 1].numpy()
+    H = sparse.coo_matrix((np.concatenate([c, c.conj(), diag]),
+                           (np.concatenate([i, j, np.arange(n)]),
+                            np.concatenate([j, i, np.arange(n)]))), shape=(n, n)).tocsr()
+    _, vec = eigsh(H, k=1, which="LA", v0=np.ones(n, dtype=complex))
+    v = torch.from_numpy(vec[:, 0])
     return patches * (v.conj() / v.abs().clamp_min(1e-30))[:, None, None]
 
 
