@@ -162,4 +162,15 @@ envvars:
 
 REPORTS = f"reports/$PTYCHO_RUN_ID/{EXP}"  # + /<step>: expanded by the shell at run time
 EXECUTION = set_args("execution")
+
+
+def train_shell(extra: str, report_dir: str) -> str:
+    """Shell command of a training rule: one process, or data-parallel under torchrun when the
+    rule's `processes` resource is above 1. Placeholders stay for Snakemake to fill."""
+    return ("if [ {resources.processes} -gt 1 ]; then"
+            " set -- -m torch.distributed.run --standalone --nproc_per_node {resources.processes};"
+            " else set --; fi;"
+            " {PYTHON:q} \"$@\" -m ptycho_torch.train --payload {input.payload} --data {input.data}"
+            f" --out-dir {{params.out_dir}} {extra} {{EXECUTION}}"
+            f" --report-dir {report_dir}/train > {{log}} 2>&1")
 SCIENCE = config_json(*SCIENCE_SECTIONS)

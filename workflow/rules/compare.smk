@@ -62,12 +62,7 @@ rule baseline_train:
     resources:
         processes=1,  # as the train rule: > 1 launches data-parallel training under torchrun
     shell:
-        "if [ {resources.processes} -gt 1 ]; then"
-        " set -- -m torch.distributed.run --standalone --nproc_per_node {resources.processes};"
-        " else set --; fi;"
-        " {PYTHON:q} \"$@\" -m ptycho_torch.train --payload {input.payload} --data {input.data}"
-        " --out-dir {params.out_dir} {params.mode} {EXECUTION}"
-        " --report-dir {BASELINE_REPORTS}/train > {log} 2>&1"
+        train_shell("{params.mode}", "{BASELINE_REPORTS}")
 
 
 rule baseline_infer:

@@ -20,9 +20,4 @@ rule train:
         # or with --set-resources train:processes=N. Not a rerun trigger (execution only).
         processes=1,
     shell:
-        "if [ {resources.processes} -gt 1 ]; then"
-        " set -- -m torch.distributed.run --standalone --nproc_per_node {resources.processes};"
-        " else set --; fi;"
-        " {PYTHON:q} \"$@\" -m ptycho_torch.train --payload {input.payload} --data {input.data}"
-        " --out-dir {params.out_dir} {EXECUTION}"
-        " --report-dir {REPORTS}/train > {log} 2>&1"
+        train_shell("", "{REPORTS}")
