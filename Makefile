@@ -1,13 +1,16 @@
 # make run   - the default experiment end to end (config/config.yaml)
 # make test  - the whole test suite
-# make bench - the benchmark scripts in benchmarks/
+# make bench - the benchmarks and the method comparison: one table, reports/bench/<time>.json
+# make iterative - install the optional iterative reference (pty-chi); make test and bench do
 # make clean - remove results/ and Snakemake's state (reports/ is evidence: kept)
 
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+ITERATIVE := $(VENV)/.installed-iterative
+PTYCHI := ptychi==2.2.0
 
-.PHONY: run test bench clean
+.PHONY: run test bench clean iterative
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -17,15 +20,24 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -e '.[test]'
 	touch $@
 
+# pty-chi: its dependencies (the `iterative` extra), then pty-chi itself with --no-deps, so pip
+# installs no torchvision (see README, "Iterative reference"); torch stays pinned by pyproject.
+$(ITERATIVE): $(STAMP)
+	$(PY) -m pip install -e '.[test,iterative]'
+	$(PY) -m pip install --no-deps '$(PTYCHI)'
+	touch $@
+
+iterative: $(ITERATIVE)
+
 run: $(STAMP)
 	$(VENV)/bin/snakemake --profile profiles/local
 	@echo "Results: results/<experiment>/, run index: reports/latest/index.md"
 
-test: $(STAMP)
+test: $(ITERATIVE)
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
-	for script in benchmarks/*.py; do $(PY) "$$script" || exit 1; done
+bench: $(ITERATIVE)
+	$(PY) benchmarks/run_all.py
 
 clean:
 	rm -rf results .snakemake report.html

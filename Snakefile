@@ -4,7 +4,9 @@
     snakemake -c2 train                # up to a named step
     snakemake -c2 --configfile my.yaml # overlay some settings
     snakemake -c1 audit                # verify the evidence (python -m ptycho_torch.audit)
-    snakemake -c2 compare              # PINN vs supervised baseline, table in the run index
+    snakemake -c2 infer_file --config infer_file_data=scan.cxi   # reconstruct any data file
+    snakemake -c2 compare              # PINN vs supervised baseline vs pty-chi, table in the run index
+    snakemake -c2 study_dose --configfile config/studies/dose.yaml   # a study (config/studies/)
 
 Products: results/<experiment>/<step>/; evidence: reports/<run_id>/<experiment>/<step>/.
 """
@@ -23,7 +25,9 @@ include: "workflow/rules/validate.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/infer.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/iterative.smk"  # pty-chi reference reconstruction (compare, studies)
 include: "workflow/rules/compare.smk"  # snakemake compare: PINN vs supervised baseline (compare_baseline)
+include: "workflow/rules/studies.smk"  # snakemake study_<name> --configfile config/studies/<name>.yaml
 include: "workflow/rules/audit.smk"  # snakemake audit: verify reports/ and results/
 
 

@@ -11,7 +11,8 @@ about ``--patterns`` scan positions, ``--epochs``, ``--threads``). Then, interle
 
 * real: ``train_model(cfg, data, device)``, the training step's own function, end to end:
   grouping, model set-up, per-batch gathering of the grouped counts, the loss, NaN check,
-  ``loss.item()``, scheduler and per-epoch history/logging;
+  ``loss.item()``, scheduler, the per-epoch copy of the weights (the last good model kept
+  if the loss diverges) and per-epoch history/logging;
 * bare: the same network (same seed), loss and Adam optimiser on the same batches in the
   same order, gathered beforehand: only forward + backward + optimiser step per batch.
 

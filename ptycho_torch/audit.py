@@ -58,7 +58,8 @@ LEVELS = ("ok", "info", "warning", "finding")
 NOT_PRODUCTS = frozenset({"logs", "benchmarks", "audit"})  # results/<experiment>/<these>/
 ALLOWED_IN_REPORTS = frozenset({"latest", ".gitkeep"})
 STEP_EVIDENCE = MappingProxyType({"validate": ("payload.json",), "train": ("loss.png",),
-                                  "infer": ("reconstruction.png",)})
+                                  "infer": ("reconstruction.png",),
+                                  "infer_file": ("reconstruction.png",)})
 MANIFEST_KEYS = ("step", "run_id", "experiment", "status", "files", "products", "inputs",
                  "config_hash", "seed", "code", "packages", "host", "slurm_job_id",
                  "started_utc", "ended_utc", "duration_s")
@@ -305,7 +306,8 @@ def unverified_products(path: Path) -> list[str]:
 def required_evidence(step: str, m: Mapping[str, Any]) -> set[str]:
     """The files a step directory must hold besides its manifest."""
     names = {SUMMARY, f"{step}.log", CONFIG, *STEP_EVIDENCE.get(step, ())}
-    if step == "infer" and any(Path(k).name == "metrics.json" for k in table_of(m, "products")):
+    if step in ("infer", "infer_file") and any(
+            Path(k).name == "metrics.json" for k in table_of(m, "products")):
         names.add("metrics.json")
     if step == "report":
         names |= {Path(k).name for k in table_of(m, "inputs") if k.endswith(".png")}

@@ -27,6 +27,11 @@ from ptycho_torch.reports import StepReport
 LOG = logging.getLogger("ptycho_torch")
 
 
+class StepFailed(RuntimeError):
+    """A failure the step explains in its message (e.g. training diverged): logged and
+    reported without a traceback, exit status 1, products removed as for any failure."""
+
+
 def add_config_args(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--config", type=Path, help="experiment YAML/JSON file")
@@ -147,6 +152,12 @@ def run_step(step: str, args: argparse.Namespace, products: list[Path],
         _remove(products)
         _remove_report_dir(args.report_dir)
         return fail_config(getattr(exc, "problems", [str(exc)]))
+    except StepFailed as exc:
+        LOG.error("step failed: %s", exc)
+        _remove(products)
+        rep.verdict = f"FAILED: {exc}"
+        rep.finish(ok=False)
+        return 1
     except Exception:  # noqa: BLE001 - every failure is logged and reported
         LOG.error("step failed:\n%s", traceback.format_exc())
         _remove(products)

@@ -24,6 +24,16 @@ records making has unknown cost ("n/a"). The same manifests give the number of t
 patterns, epochs and the sha256 of the training and test data: methods trained on different
 data, patterns or epochs are compared anyway, and the verdict says so.
 
+Time to quality: a method whose metrics file holds a ``convergence`` curve (the iterative
+reference, :mod:`ptycho_torch.iterative`: quality at checkpoints against solver seconds) is
+also reported with the epochs and seconds it needed to reach its fixed target
+(``time_to_target``) and each other method's amplitude and phase PSNR (both), and the
+speed-up of that method's reconstruction over this time (:func:`quality_matches`).
+
+A method that could not run (its metrics file says ``"unavailable": REASON``, e.g. pty-chi
+not installed) keeps its row, with "n/a" values and the reason; the others are compared as
+usual.
+
 The verdict names, for each quality metric, the method with the higher value (a tie when
 the values agree to the 4 significant digits the table shows), and the faster method to
 train and to reconstruct. It describes this one run: no error bars, one seed.
@@ -90,17 +100,20 @@ def method_entry(name: str, metrics_file: Path, model_file: Path | None,
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError([f"--method {name}: {metrics_file} is not a readable metrics.json "
                            f"({exc})"]) from None
+    unavailable = m.get("unavailable") if isinstance(m, dict) else None
     missing = [f"{part}.{k}" for part in PARTS for k in METRICS
                if not isinstance(m.get(part), dict) or not isinstance(m[part].get(k), (int, float))]
-    if missing:
+    if missing and not unavailable:
         raise ConfigError([f"--method {name}: {metrics_file} lacks {', '.join(missing)}"])
     entry: dict[str, Any] = {
         "name": name, "metrics_file": path_key(metrics_file),
         "metrics_sha256": sha256_file(metrics_file),
         "model_file": path_key(model_file) if model_file else None,
-        **{part: {k: m[part][k] for k in METRICS} for part in PARTS},
+        "unavailable": unavailable,
+        **{part: {k: None if unavailable else m[part][k] for k in METRICS} for part in PARTS},
         "n_test_patterns": m.get("n_patterns"), "region": m.get("region"),
-        "alignment": m.get("alignment"), "evidence": {}}
+        "alignment": m.get("alignment"), "evidence": {},
+        "convergence": m.get("convergence"), "time_to_target": m.get("time_to_target")}
     made = producer(metrics_file, reports_root)
     rec = made[1].get("numbers", {}) if made else {}
     entry["reconstruction_seconds"] = rec.get("reconstruction_seconds")
@@ -129,6 +142,35 @@ def _shown(v: float | None) -> float | None:
     if v is None or not math.isfinite(v) or v == 0:
         return v
     return round(v, DIGITS - 1 - int(math.floor(math.log10(abs(v)))))
+
+
+def time_to_reach(curve: list[dict[str, Any]], psnr_db: dict[str, float]) -> dict[str, Any]:
+    """The first checkpoint of a convergence ``curve`` (``[{"epoch", "seconds", "amplitude":
+    {"psnr", ...}, "phase": {...}}, ...]``, epochs ascending) where the PSNR of every part in
+    ``psnr_db`` reaches its value (dB): ``{"reached": True, "epoch", "seconds"}``, else
+    ``{"reached": False}`` (not within the epochs run)."""
+    for point in curve:
+        if all(point[part]["psnr"] >= db for part, db in psnr_db.items()):
+            return {"reached": True, "epoch": point["epoch"], "seconds": point["seconds"]}
+    return {"reached": False}
+
+
+def quality_matches(methods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For every method with a convergence curve (the iterative one) and every other scored
+    method: the time it needed to match that method's amplitude and phase PSNR, and the
+    speed-up of the other method's reconstruction over that time (> 1: the other is faster
+    to equal quality)."""
+    out = []
+    for it in (m for m in methods if m.get("convergence")):
+        for other in (m for m in methods if m is not it and not m["unavailable"]):
+            target = {part: other[part]["psnr"] for part in PARTS}
+            reach = time_to_reach(it["convergence"], target)
+            seconds = other["reconstruction_seconds"]
+            speedup = (reach["seconds"] / seconds if reach["reached"] and seconds else None)
+            out.append({"method": it["name"], "matches": other["name"], "psnr_db": target,
+                        **reach, "matched_reconstruction_seconds": seconds,
+                        "speedup_of_matched": speedup})
+    return out
 
 
 def _best(values: dict[str, float | None], higher: bool) -> list[str]:
@@ -180,7 +222,9 @@ def build_comparison(methods: list[dict[str, Any]], experiment: str) -> dict[str
     comparison = {"experiment": experiment, "methods": methods, "parts": list(PARTS),
                   "metrics": list(METRICS), "higher_is_better": list(METRICS),
                   "lower_is_better": list(COSTS), "winners": winners,
-                  "not_like_for_like": notes}
+                  "not_like_for_like": notes, "time_to_quality": quality_matches(methods),
+                  "unavailable": {m["name"]: m["unavailable"] for m in methods
+                                  if m["unavailable"]}}
     comparison["verdict"] = verdict(comparison)
     return comparison
 
@@ -208,7 +252,7 @@ def _cost_text(comparison: dict[str, Any], cost: str) -> str | None:
 
 def verdict(comparison: dict[str, Any]) -> str:
     """One line: which method wins which quality metric, and which is cheaper."""
-    names = [m["name"] for m in comparison["methods"]]
+    names = [m["name"] for m in comparison["methods"] if not m["unavailable"]]
     quality = [f"{p}.{k}" for p in PARTS for k in METRICS]
     sole = {n: [q for q in quality if comparison["winners"][q] == [n]] for n in names}
     ties = [q for q in quality if len(comparison["winners"][q]) > 1]
@@ -222,6 +266,12 @@ def verdict(comparison: dict[str, Any]) -> str:
     costs = [t for t in (_cost_text(comparison, c) for c in COSTS) if t]
     if costs:
         text += "; " + "; ".join(costs)
+    for match in comparison["time_to_quality"]:
+        text += (f"; {match['method']} matched {match['matches']}'s PSNR after "
+                 f"{match['epoch']} epochs, {_fmt(match['seconds'])} s" if match["reached"]
+                 else f"; {match['method']} did not reach {match['matches']}'s PSNR")
+    for name, reason in comparison["unavailable"].items():
+        text += f"; {name} not available ({reason.split(':')[0]})"
     if comparison["not_like_for_like"]:
         text += "; NOT like for like: " + "; ".join(comparison["not_like_for_like"])
     return text + " (this run only: one seed, no error bars)."
@@ -248,6 +298,8 @@ def table_lines(comparison: dict[str, Any]) -> list[str]:
         t = m["training"]
         trained = (f"{t['mode']}, {_fmt(t['patterns'])} patterns x {_fmt(t['epochs'])} epochs"
                    if t else "none")
+        if m["unavailable"]:
+            trained = f"not available: {m['unavailable']}"
         cells = []
         for key, _ in cols:
             value = m[key] if key in COSTS else m[key.split(".")[0]][key.split(".")[1]]
@@ -256,14 +308,40 @@ def table_lines(comparison: dict[str, Any]) -> list[str]:
         lines.append(f"| {m['name']} | {trained} | " + " | ".join(cells) + " |")
     first = comparison["methods"][0]
     region = first.get("region") or {}
-    lines += ["", f"**Verdict:** {comparison['verdict']}", "",
+    lines += ["", f"**Verdict:** {comparison['verdict']}", "", *time_to_quality_lines(comparison),
               f"Test object: {_fmt(first.get('n_test_patterns'))} patterns, scored region rows "
               f"{region.get('rows')}, cols {region.get('cols')} (the same for every method). "
               "Higher is better for PSNR, SSIM and FRC50 (cycles/px, 0.5 = Nyquist), lower for "
               "the times. Times are each step's own measurement (training loop; network + "
-              "stitching), from the manifest of the step that made the file; run-to-run "
+              "stitching, or the iterative solver), from the manifest of the step that made "
+              "the file; run-to-run "
               "variation on shared CPUs is up to +-50 %."]
     return lines
+
+
+def time_to_quality_lines(comparison: dict[str, Any]) -> list[str]:
+    """Markdown table: when the iterative method reached a fixed PSNR and each other method's
+    PSNR (amplitude and phase both), against that method's reconstruction time."""
+    rows = []
+    for m in comparison["methods"]:
+        t = m.get("time_to_target")
+        if t:
+            rows.append(f"| {m['name']} | {t['psnr_db']:g} dB (fixed target) | "
+                        + (f"{t['epoch']} | {_fmt(t['seconds'])} | | |" if t["reached"]
+                           else "not reached | | | |"))
+    for q in comparison["time_to_quality"]:
+        target = ", ".join(f"{p} {q['psnr_db'][p]:.4g} dB" for p in PARTS)
+        cells = (f"{q['epoch']} | {_fmt(q['seconds'])}" if q["reached"] else "not reached | ")
+        rows.append(f"| {q['method']} | {q['matches']}'s PSNR ({target}) | {cells} | "
+                    f"{_fmt(q['matched_reconstruction_seconds'])} | "
+                    f"{_fmt(q['speedup_of_matched'])} |")
+    if not rows:
+        return []
+    return ["Time to quality (the first scored checkpoint reaching the target in amplitude "
+            "and phase PSNR; solver seconds, scoring not timed):", "",
+            "| method | target | epochs | seconds | that method's reconstruction (s) | "
+            "that method's speed-up (> 1: it is faster) |", "|---|---|---|---|---|---|", *rows,
+            ""]
 
 
 def markdown_section(comparison: dict[str, Any], heading: str = "##") -> list[str]:
@@ -281,6 +359,31 @@ def markdown(comparison: dict[str, Any]) -> str:
     return "\n".join(body + ["", "Sources:", "", *evidence]) + "\n"
 
 
+def _finite(v: float | None) -> float:
+    """A bar height: 0 for a missing or infinite value."""
+    return v if v is not None and math.isfinite(v) else 0.0
+
+
+def _convergence_panel(ax: Any, methods: list[dict[str, Any]], colours: list[str],
+                       part: str) -> None:
+    """PSNR of ``part`` against reconstruction seconds: the curve of an iterative method,
+    one point per other method (its reconstruction time and PSNR)."""
+    for m, colour in zip(methods, colours):
+        if m.get("convergence"):
+            ax.plot([c["seconds"] for c in m["convergence"]],
+                    [c[part]["psnr"] for c in m["convergence"]], "o-", ms=2.5, color=colour,
+                    label=m["name"])
+        elif not m["unavailable"] and m["reconstruction_seconds"]:
+            ax.plot([m["reconstruction_seconds"]], [m[part]["psnr"]], "s", ms=7, color=colour,
+                    label=m["name"])
+    ax.set_xscale("log")
+    ax.set_xlabel("reconstruction time [s]", fontsize=8)
+    ax.set_title(f"{part} PSNR [dB] vs time", fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+
+
 def figure(path: Path, comparison: dict[str, Any]) -> None:
     """Bars per method: amplitude and phase PSNR, SSIM, FRC50 and the two costs."""
     import matplotlib
@@ -290,11 +393,13 @@ def figure(path: Path, comparison: dict[str, Any]) -> None:
     methods = comparison["methods"]
     names = [m["name"] for m in methods]
     colours = [f"C{i}" for i in range(len(methods))]
-    fig, axes = plt.subplots(2, 4, figsize=(11, 5), constrained_layout=True)
+    curves = any(m.get("convergence") for m in methods)
+    fig, axes = plt.subplots(2, 5 if curves else 4, figsize=(14 if curves else 11, 5),
+                             constrained_layout=True)
     for row, part in enumerate(PARTS):
         for col, k in enumerate(METRICS):
             ax = axes[row, col]
-            values = [m[part][k] if math.isfinite(m[part][k]) else 0.0 for m in methods]
+            values = [_finite(m[part][k]) for m in methods]
             ax.bar(names, values, color=colours)
             ax.set_title(f"{part} {LABELS[k]}" + (f" [{UNITS[k]}]" if UNITS[k] else ""),
                          fontsize=9)
@@ -304,8 +409,11 @@ def figure(path: Path, comparison: dict[str, Any]) -> None:
         ax.bar(names, [m[cost] or 0.0 for m in methods], color=colours)
         ax.set_title(f"{COST_LABELS[cost]} [s], lower is better", fontsize=9)
         ax.tick_params(labelsize=8)
-    fig.suptitle(f"{' vs '.join(names)} on the test object (higher is better unless noted)",
-                 fontsize=10)
+        if curves:
+            _convergence_panel(axes[row, 4], methods, colours, part)
+    missing = [m["name"] for m in methods if m["unavailable"]]
+    fig.suptitle(f"{' vs '.join(names)} on the test object (higher is better unless noted)"
+                 + (f"; not available: {', '.join(missing)}" if missing else ""), fontsize=10)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
@@ -378,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
         for m in rows:
             rep.record({f"{m['name']}_{p}_{k}": m[p][k] for p in PARTS for k in METRICS})
             rep.record({f"{m['name']}_{c}": m[c] for c in COSTS})
+        for q in comparison["time_to_quality"]:
+            rep.record({f"{q['method']}_seconds_to_{q['matches']}_psnr": q.get("seconds")})
         rep.verdict = comparison["verdict"]
         LOG.info("comparison: %s", comparison["verdict"])
 

@@ -102,7 +102,15 @@ class DataConfig:
     train_file: str = spec("", "training data set to convert (source file): CXI, or a "
                            "PtychoPINN NPZ", path=True)
     test_file: str = spec("", "test data set to convert (source file): CXI, or a PtychoPINN "
-                          "NPZ", path=True)
+                          "NPZ; empty = split train_file by test_fraction", path=True)
+    test_fraction: float = spec(0.0, "source file without test_file: fraction of train_file's "
+                                "scan positions held out as the test set (those with the "
+                                "largest column positions); 0 = the test set is the training "
+                                "scan itself", lo=0.0, hi=0.9)
+    cxi_translation: str = spec("sample", "what /entry_1/sample_1/geometry_1/translation of a "
+                                "CXI file from another program holds: the sample translation "
+                                "(the CXI spec: probe position = minus it) or the probe position",
+                                choices=("sample", "probe"))
     object: ObjectConfig = field(default_factory=ObjectConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     scan: ScanConfig = field(default_factory=ScanConfig)
@@ -122,6 +130,15 @@ class ModelConfig:
                             "and re-extract them before the forward model")
     pad_object: bool = spec(False, "predict only the central N/2 x N/2 of each patch and "
                             "zero-pad (oversampled far field)")
+    probe_big: bool = spec(False, "with pad_object: a second decoder path predicts the border "
+                           "outside the central N/2 x N/2 (where the probe's tails still "
+                           "illuminate the object) instead of zeros")
+    probe_trainable: bool = spec(False, "the probe becomes a network parameter, initialised "
+                                 "from the training data's probe and saved in model.pt "
+                                 "(inference then uses the trained probe)")
+    intensity_scale_trainable: bool = spec(False, "learn one global factor s of the predicted "
+                                           "counts s^2 |F(P O)|^2 (initial s = 1; absorbs a "
+                                           "probe whose photon scale is off)")
 
 
 @dataclass(frozen=True)
@@ -136,6 +153,39 @@ class TrainingConfig:
                      choices=("poisson", "mae"))
     max_minutes: float = spec(0.0, "stop training after this wall time (0 = no limit)", "min",
                               lo=0.0, hi=1.0e5)
+    init_model: str = spec("", "fine-tuning: start from the weights of this model.pt (same "
+                           "network: model.* and data.N, checked by validate); a resume state "
+                           "of an interrupted run wins over it; empty = random weights",
+                           path=True)
+    lr_schedule: str = spec("cosine", "learning rate per epoch: constant; exponential or "
+                            "cosine decay to learning_rate x lr_final_fraction at the last epoch; "
+                            "plateau = multiply by plateau_factor when the validation loss (the "
+                            "training loss without a validation split) stalls",
+                            choices=("constant", "exponential", "cosine", "plateau"))
+    lr_final_fraction: float = spec(0.05, "exponential, cosine: the learning rate reaches "
+                                    "learning_rate x this after the last epoch; plateau: the "
+                                    "lowest learning rate, as a fraction", lo=0.0, hi=1.0)
+    warmup_epochs: int = spec(0, "linear warm-up from learning_rate / (warmup_epochs + 1) over "
+                              "this many epochs before the schedule starts (not with plateau)",
+                              lo=0, hi=100000)
+    plateau_patience: int = spec(3, "plateau: the learning rate is reduced after more than "
+                                 "this many epochs without a new best loss", lo=0, hi=100000)
+    plateau_factor: float = spec(0.5, "plateau: factor applied to the learning rate",
+                                 lo=0.01, hi=0.99)
+    validation_fraction: float = spec(0.0, "fraction of the training scan positions held out "
+                                      "(seeded) to compute a validation loss each epoch "
+                                      "(0 = none)", lo=0.0, hi=0.5)
+    early_stopping_patience: int = spec(0, "stop when the validation loss has not improved for "
+                                        "this many epochs and keep the best epoch's weights "
+                                        "(0 = off; needs validation_fraction > 0)",
+                                        lo=0, hi=100000)
+    grad_clip_norm: float = spec(0.0, "clip the gradient's global L2 norm to this before each "
+                                 "step (0 = off)", lo=0.0, hi=1.0e6)
+    n_groups: int = spec(0, "groups trained on per epoch, drawn (seeded) from the training "
+                         "positions (0 = one group anchored at every position)", lo=0, hi=10**8)
+    oversampling: bool = spec(False, "allow n_groups above the number of training positions: "
+                              "anchors are reused, each time with a fresh draw of neighbours "
+                              "(needs gridsize > 1)")
 
 
 @dataclass(frozen=True)
@@ -154,14 +204,30 @@ class InferenceConfig:
 
 
 @dataclass(frozen=True)
+class IterativeConfig:
+    """The iterative reference reconstruction (pty-chi) of the test data, for comparison."""
+    engine: str = spec("lsqml", "pty-chi engine: LSQML (least-squares maximum likelihood) or "
+                       "ePIE", choices=("lsqml", "epie"))
+    epochs: int = spec(100, "passes over the test patterns", lo=1, hi=100000)
+    batch_size: int = spec(96, "patterns per object update (mini-batch)", lo=1, hi=65536)
+    probe_refinement: bool = spec(False, "also refine the probe, starting from the known one "
+                                  "(false: the data's probe is used as it is)")
+    target_psnr_db: float = spec(30.0, "quality target of the time-to-quality figure: the "
+                                 "first checkpoint where amplitude and phase PSNR both reach "
+                                 "it", "dB", lo=0.0, hi=200.0)
+
+
+@dataclass(frozen=True)
 class ExecutionConfig:
     """Where and how fast things run; never what is computed (beyond float determinism)."""
     device: str = spec("auto", "auto = CUDA when available, else CPU",
                        choices=("auto", "cpu", "cuda"))
     threads: int = spec(2, "CPU threads for torch (0 = torch's default)", lo=0, hi=1024)
     deterministic: bool = spec(True, "use deterministic algorithms")
-    precision: str = spec("float32", "floating-point precision of training and inference",
-                          choices=("float32",))
+    precision: str = spec("float32", "training precision: float32, or mixed precision (the "
+                          "network's layers under autocast in bfloat16, CPU or CUDA, or float16, "
+                          "CUDA only, with loss scaling; the physics and the loss stay float32)",
+                          choices=("float32", "bfloat16", "float16"))
     workers: int = spec(0, "data-loader worker processes", lo=0, hi=64)
     inference_batch_size: int = spec(256, "patterns per inference forward pass", lo=1, hi=65536)
 
@@ -175,7 +241,9 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    iterative: IterativeConfig = field(default_factory=IterativeConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
 
-SCIENCE_SECTIONS = ("experiment", "seed", "data", "model", "training", "inference")
+SCIENCE_SECTIONS = ("experiment", "seed", "data", "model", "training", "inference",
+                    "iterative")

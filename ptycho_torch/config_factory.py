@@ -180,6 +180,38 @@ def _cross_checks(cfg: ExperimentConfig, bad: set[str] = frozenset()) -> list[st
         problems.append(f"model.n_neighbours: {m.n_neighbours} is below model.gridsize^2 = {C} "
                         f"(each group draws its {C} members from the anchor's n_neighbours "
                         "nearest positions, itself included)")
+    return problems + _model_training_checks(cfg, ok)
+
+
+def _model_training_checks(cfg: ExperimentConfig, ok: Callable[..., bool]) -> list[str]:
+    """Options of the network and the training loop that only make sense together."""
+    m, t, problems = cfg.model, cfg.training, []
+    if ok("model.probe_big", "model.pad_object") and m.probe_big and not m.pad_object:
+        problems.append("model.probe_big: needs model.pad_object: true (without it the decoders "
+                        "already predict the whole patch)")
+    if ok("training.early_stopping_patience", "training.validation_fraction") and \
+            t.early_stopping_patience and not t.validation_fraction:
+        problems.append("training.early_stopping_patience: needs a validation loss: set "
+                        "training.validation_fraction > 0")
+    if ok("training.warmup_epochs", "training.lr_schedule") and t.warmup_epochs and \
+            t.lr_schedule == "plateau":
+        problems.append("training.warmup_epochs: not available with training.lr_schedule: "
+                        "plateau (use 0)")
+    elif ok("training.warmup_epochs", "training.epochs") and \
+            0 < t.epochs <= t.warmup_epochs:
+        problems.append(f"training.warmup_epochs: {t.warmup_epochs} leaves no epoch of the "
+                        f"schedule within training.epochs = {t.epochs}")
+    if ok("training.lr_final_fraction", "training.lr_schedule") and \
+            t.lr_schedule == "exponential" and not t.lr_final_fraction:
+        problems.append("training.lr_final_fraction: must be above 0 with training.lr_schedule: "
+                        "exponential (it decays by a constant factor per epoch)")
+    if ok("training.oversampling", "training.n_groups", "model.gridsize") and t.oversampling \
+            and (not t.n_groups or m.gridsize == 1):
+        problems.append("training.oversampling: needs training.n_groups > 0 and model.gridsize "
+                        "> 1 (it reuses anchors with other neighbours)")
+    if ok("training.n_groups", "training.batch_size") and 0 < t.n_groups < t.batch_size:
+        problems.append(f"training.n_groups: {t.n_groups} groups do not fill one batch of "
+                        f"training.batch_size = {t.batch_size}")
     return problems
 
 
@@ -193,11 +225,13 @@ def _data_source_checks(cfg: ExperimentConfig, ok: Callable[..., bool]) -> list[
     needs = (("data.object.amplitude_file", d.object.kind == "image", d.object.amplitude_file,
               "data.object.kind is image"),
              ("data.probe.file", d.probe.kind == "file", d.probe.file, "data.probe.kind is file"),
-             ("data.train_file", d.source == "file", d.train_file, "data.source is file"),
-             ("data.test_file", d.source == "file", d.test_file, "data.source is file"))
+             ("data.train_file", d.source == "file", d.train_file, "data.source is file"))
     for key, wanted, value, why in needs:
         if wanted and ok(key) and not value:
             problems.append(f"{key}: a file path is required when {why}")
+    if ok("data.test_fraction", "data.test_file") and d.test_fraction > 0 and d.test_file:
+        problems.append(f"data.test_fraction: {d.test_fraction} splits train_file, but "
+                        f"data.test_file is set too ({d.test_file!r}): use one or the other")
     if ok("data.probe.fwhm_px", "data.N", "data.probe.kind") and d.probe.kind == "gaussian" \
             and d.probe.fwhm_px > d.N / 2:
         problems.append(f"data.probe.fwhm_px: {d.probe.fwhm_px} must be at most N/2 = "

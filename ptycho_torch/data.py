@@ -10,7 +10,9 @@ CXI layout (SI units), see DESIGN.md:
   defines it as the *sample* translation, so it is minus the probe position:
   ``translation = -(col * dx, row * dx, 0)`` with ``dx`` the object pixel size.
 * ``/entry_1/ptycho_torch/probe_position_px``: float64 ``[n, 2]`` probe centre
-  ``(row, col)`` in object pixels: the unambiguous copy that we read back.
+  ``(row, col)`` in object pixels: the unambiguous copy that we read back. A CXI file
+  from another program (no ``/entry_1/ptycho_torch``) is read from ``translation``
+  instead (sign: see :func:`read_cxi`), with the object pixel from the geometry.
 * attributes of ``/entry_1/ptycho_torch``: ``object_shape``, ``object_pixel_size_m``
   and :attr:`PtychoData.attrs`; non-scalar attributes are stored as JSON text and
   listed in the ``json_attrs`` attribute, so :func:`read_cxi` decodes them again.
@@ -41,7 +43,7 @@ import math
 import os
 import zipfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -55,6 +57,8 @@ DETECTOR = "/entry_1/instrument_1/detector_1"
 SOURCE = "/entry_1/instrument_1/source_1"
 OURS = "/entry_1/ptycho_torch"
 EXTRAS = f"{OURS}/extras"
+TRANSLATION = "/entry_1/sample_1/geometry_1/translation"
+MAX_FRAME_PX = 32768  # largest object frame side a translation may span
 # CXI pixel-mask bits (CXI 1.6 / Cheetah convention): 0 = good pixel
 MASK_INVALID, MASK_SATURATED, MASK_DEAD, MASK_SHADOWED = 0x1, 0x2, 0x8, 0x10
 
@@ -200,10 +204,15 @@ def _scalar(f: h5py.File, path: str, where: str) -> float:
     return value
 
 
-def read_cxi(path: str | Path, *, load_counts: bool = True) -> PtychoData:
+def read_cxi(path: str | Path, *, load_counts: bool = True,
+             translation: str = "sample") -> PtychoData:
     """Read a CXI file written by :func:`write_cxi` (or any CXI with the same datasets).
 
-    With ``load_counts=False`` the counts are an empty ``[0, N, N]`` array (header only).
+    A CXI file from another program (no ``/entry_1/ptycho_torch`` group) gets its probe
+    positions from ``/entry_1/sample_1/geometry_1/translation`` and its object pixel from
+    the geometry (:func:`_translation_positions`; ``translation``: what that dataset holds,
+    ``"sample"`` as the CXI spec defines it or ``"probe"`` positions). With
+    ``load_counts=False`` the counts are an empty ``[0, N, N]`` array (header only).
     """
     where = str(path)
     try:
@@ -215,11 +224,22 @@ def read_cxi(path: str | Path, *, load_counts: bool = True) -> PtychoData:
     with f:
         counts_ds = _require(f, f"{DETECTOR}/data", 3, "fiu", where)
         probe = _require(f, f"{SOURCE}/illumination", 2, "c", where)[()]
-        pos = _require(f, f"{OURS}/probe_position_px", 2, "fiu", where)[()].astype(np.float64)
         n, N, N2 = counts_ds.shape
         if n == 0 or N != N2:
             raise DataFileError(f"{where}: {DETECTOR}/data has shape {counts_ds.shape}, "
                                 "expected [n > 0, N, N]")
+        energy_eV = _scalar(f, f"{SOURCE}/energy", where) / ELECTRON_VOLT_J
+        distance = _scalar(f, f"{DETECTOR}/distance", where)
+        pixel = _scalar(f, f"{DETECTOR}/x_pixel_size", where)
+        if OURS in f:
+            attrs = dict(f[OURS].attrs)
+            pos = _require(f, f"{OURS}/probe_position_px", 2, "fiu", where)[()].astype(np.float64)
+        else:  # a CXI file from another program
+            attrs = {"object_pixel_size_m": _object_pixel(DataConfig(
+                energy_eV=energy_eV, detector_distance_m=distance, detector_pixel_size_m=pixel), N)}
+            pos, attrs["cxi_position_offset_px"] = _translation_positions(
+                f, n, N, attrs["object_pixel_size_m"], translation, where)
+            attrs["position_source"] = f"{TRANSLATION} ({translation} positions)"
         if probe.shape != (N, N):
             raise DataFileError(f"{where}: {SOURCE}/illumination has shape {probe.shape}, "
                                 f"expected ({N}, {N}) like the patterns")
@@ -236,7 +256,6 @@ def read_cxi(path: str | Path, *, load_counts: bool = True) -> PtychoData:
         mask = _read_mask(f, N, where)
         saturation = _saturation(counts_ds, where)
         extras = _read_extras(f, n, where)
-        attrs = dict(f[OURS].attrs)
         for key in json.loads(attrs.pop("json_attrs", "[]")):
             attrs[key] = json.loads(attrs[key])
         shape = tuple(int(v) for v in attrs.pop("object_shape", gt.shape if gt is not None
@@ -246,12 +265,39 @@ def read_cxi(path: str | Path, *, load_counts: bool = True) -> PtychoData:
         return PtychoData(
             counts=counts.astype(np.float32), probe=probe.astype(np.complex64),
             positions_px=pos, object_shape=shape,
-            energy_eV=_scalar(f, f"{SOURCE}/energy", where) / ELECTRON_VOLT_J,
-            detector_distance_m=_scalar(f, f"{DETECTOR}/distance", where),
-            detector_pixel_size_m=_scalar(f, f"{DETECTOR}/x_pixel_size", where),
+            energy_eV=energy_eV, detector_distance_m=distance, detector_pixel_size_m=pixel,
             object_pixel_size_m=float(attrs.pop("object_pixel_size_m")),
             ground_truth=gt, attrs=attrs, mask=mask, saturation_counts=saturation,
             extras=extras)
+
+
+def _translation_positions(f: h5py.File, n: int, N: int, pixel_m: float, translation: str,
+                           where: str) -> tuple[np.ndarray, list[float]]:
+    """Probe centres ``[n, 2]`` (row, col object px) from :data:`TRANSLATION` ``[n, 2 or 3]``
+    (metres, x = column, y = row) and the integer offset ``[2]`` (px) added to them.
+
+    ``translation`` ``"sample"`` (the CXI spec: the sample's translation, minus the probe
+    position, as :func:`write_cxi` stores it) or ``"probe"`` (the probe position). The
+    positions are shifted by a whole number of pixels so that the first patch starts at
+    the frame's edge; a scan wider than :data:`MAX_FRAME_PX` is refused (units not metres?).
+    """
+    t = _require(f, TRANSLATION, 2, "fiu", where)[()].astype(np.float64)
+    if t.shape[0] != n or t.shape[1] not in (2, 3):
+        raise DataFileError(f"{where}: {TRANSLATION} has shape {t.shape}, expected ({n}, 3) "
+                            f"for {n} patterns")
+    if not np.isfinite(t).all():
+        raise DataFileError(f"{where}: {TRANSLATION} holds NaN or infinite values")
+    xy = (-t if translation == "sample" else t)[:, :2] / pixel_m
+    positions = xy[:, ::-1]
+    offset = np.ceil(N / 2 - positions.min(axis=0))
+    positions = positions + offset
+    frame = _frame_for(positions, N)
+    if max(frame) > MAX_FRAME_PX:
+        span = np.ptp(t[:, :2], axis=0)
+        raise DataFileError(f"{where}: {TRANSLATION} spans {span[0]:.4g} m x {span[1]:.4g} m, "
+                            f"{frame[1]} x {frame[0]} object pixels of {pixel_m * 1e9:.4g} nm: "
+                            f"more than {MAX_FRAME_PX} px; the translation must be in metres")
+    return positions, offset.tolist()
 
 
 def _read_mask(f: h5py.File, N: int, where: str) -> np.ndarray | None:
@@ -308,9 +354,11 @@ def check_data_file(path: str | Path, cfg, role: str = "train") -> list[str]:
     ``training.batch_size``, finite positions inside the object frame, a finite
     probe, and counts (no NaN, no negatives), streaming the counts in chunks.
     With ``cfg=None`` (an invalid config) the checks against the config are skipped.
+    A ``.npz`` file is read whole by :func:`read_npz` (geometry from ``cfg.data``).
     """
+    npz = Path(path).suffix.lower() == ".npz"
     try:
-        d = read_cxi(path, load_counts=False)
+        d = read_npz(path, cfg.data if cfg else None) if npz else read_cxi(path, load_counts=False)
     except DataFileError as exc:
         return [f"{role} data: {exc}"]
     problems = []
@@ -324,6 +372,9 @@ def check_data_file(path: str | Path, cfg, role: str = "train") -> list[str]:
     if cfg is not None and cfg.model.gridsize > 1 and n < cfg.model.n_neighbours:
         problems.append(f"model.n_neighbours: grouping needs at least {cfg.model.n_neighbours} "
                         f"scan positions, the {role} data in {path} have {n}")
+    if cfg is not None and role == "train":  # validation split, n_groups, oversampling
+        from ptycho_torch.grouping import grouping_problems
+        problems += [f"{p} (in {path})" for p in grouping_problems(n, cfg)]
     if not np.isfinite(d.probe).all():
         problems.append(f"{role} data: {SOURCE}/illumination in {path} holds NaN or "
                         "infinite values")
@@ -335,6 +386,8 @@ def check_data_file(path: str | Path, cfg, role: str = "train") -> list[str]:
     elif (lo < 0).any() or (hi > np.asarray(d.object_shape)).any():
         problems.append(f"{role} data: {OURS}/probe_position_px in {path} has positions whose "
                         f"patch leaves the object frame {d.object_shape}")
+    if npz:  # read_npz has refused NaN, infinite and negative amplitudes
+        return problems
     try:
         with h5py.File(path, "r") as f:
             ds = f[f"{DETECTOR}/data"]
@@ -534,10 +587,44 @@ def write_npz(path: str | Path, d: PtychoData) -> None:
 
 
 def read_data(path: str | Path, geometry: DataConfig | None = None) -> PtychoData:
-    """A data set from a CXI/HDF5 file or a PtychoPINN ``.npz`` (chosen by the suffix)."""
+    """A data set from a CXI/HDF5 file or a PtychoPINN ``.npz`` (chosen by the suffix);
+    ``geometry`` gives an NPZ its geometry and a foreign CXI its translation convention."""
     if Path(path).suffix.lower() == ".npz":
         return read_npz(path, geometry)
-    return read_cxi(path)
+    return read_cxi(path, translation=geometry.cxi_translation if geometry else "sample")
+
+
+def select_patterns(d: PtychoData, index: np.ndarray) -> PtychoData:
+    """The patterns ``index`` (indices or a bool mask ``[n]``) of ``d``: counts, positions and
+    extras are subset; probe, object frame, geometry, ground truth and mask are kept."""
+    return replace(d, counts=d.counts[index], positions_px=d.positions_px[index],
+                   extras={k: v[index] for k, v in d.extras.items()})
+
+
+def measured_sets(cfg: DataConfig) -> tuple[PtychoData, PtychoData]:
+    """Training and test sets of ``data.source: file``.
+
+    ``train_file`` and ``test_file``; without a test file, the ``test_fraction`` of
+    ``train_file``'s positions with the largest column positions (a band along the right
+    edge of the scan) is held out as the test set, or, with ``test_fraction`` 0, the test
+    set is the training scan itself (the PINN learns without ground truth, so it may
+    reconstruct the very scan it was trained on). ``attrs`` record the source and split.
+    """
+    train = read_data(cfg.train_file, cfg)
+    train = replace(train, attrs={**train.attrs, "source_file": cfg.train_file})
+    if cfg.test_file:
+        test = read_data(cfg.test_file, cfg)
+        return train, replace(test, attrs={**test.attrs, "source_file": cfg.test_file})
+    if cfg.test_fraction == 0:
+        return train, train
+    n = len(train.positions_px)
+    by_column = np.lexsort((train.positions_px[:, 0], train.positions_px[:, 1]))
+    held = np.zeros(n, bool)
+    held[by_column[n - math.ceil(cfg.test_fraction * n):]] = True
+    split = {"test_fraction": cfg.test_fraction, "rule": "largest column positions held out"}
+    return tuple(replace(select_patterns(train, keep),
+                         attrs={**train.attrs, "split": {**split, "part": part}})
+                 for keep, part in ((~held, "train"), (held, "test")))
 
 
 # ----------------------------------------------------------------- user images and probes

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import matplotlib
 
@@ -28,19 +29,26 @@ def copy_into(path: Path, directory: Path) -> None:
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
-    rows = path.read_text().strip().splitlines()[1:]
-    return [{"epoch": int(e), "loss": float(l), "seconds": float(s)}
-            for e, l, s in (r.split(",") for r in rows)]
+    """Rows of ``history.csv`` (``epoch`` int, every other column float; ``nan`` kept)."""
+    with path.open(newline="") as f:
+        return [{k: int(v) if k == "epoch" else float(v) for k, v in row.items()}
+                for row in csv.DictReader(f)]
 
 
 def loss_curve(path: Path, history: list[dict[str, float]]) -> None:
-    """Training loss (half Poisson deviance per pixel) against epoch, log scale."""
+    """Training loss and, where there is one, validation loss (PINN: half Poisson deviance
+    per pixel; supervised: L1) against epoch, log scale."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot([h["epoch"] for h in history], [h["loss"] for h in history], "o-", ms=3)
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["loss"] for h in history], "o-", ms=3, label="training")
+    val = np.array([h.get("val_loss", np.nan) for h in history], dtype=float)
+    if np.isfinite(val).any():
+        ax.plot(epochs, val, "s-", ms=3, label="validation (held-out positions)")
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss")
-    ax.set_title("PINN training loss (no ground truth used)")
+    ax.set_ylabel("loss")
+    ax.set_title("Training and validation loss")
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     _save(fig, path)
 
@@ -55,32 +63,112 @@ def _panel(ax: plt.Axes, img: np.ndarray, title: str, cmap: str, **kw: Any) -> N
 
 def reconstruction(path: Path, recon: np.ndarray, truth: np.ndarray | None,
                    metrics: dict | None) -> None:
-    """Amplitude and phase of the reconstruction; with ground truth also truth and error.
+    """Amplitude and phase of ``recon`` [H, W]; with ``truth`` [H, W] also truth and error.
 
-    The reconstruction is shown after the same global-phase alignment the
-    metrics used, so the error panel is what the numbers measure.
+    The reconstruction is shown after the alignment the metrics applied
+    (``metrics["alignment"]``: shift, crop, global phase, amplitude scale), so the
+    error panel is what the numbers in the titles measure.
     """
     if truth is None:
         fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
         _panel(axes[0], np.abs(recon), "reconstruction amplitude", "gray")
         _panel(axes[1], np.angle(recon), "reconstruction phase (rad)", "twilight")
+        fig.suptitle("scanned region (no ground truth: not scored)", fontsize=10)
         _save(fig, path)
         return
-    offset = metrics["alignment"].get("phase_offset_rad", 0.0)
-    scale = metrics["alignment"].get("amplitude_scale", 1.0)
-    aligned = recon * scale * np.exp(-1j * offset)
+    from ptycho_torch.metrics import apply_alignment  # scipy/skimage: only where scored
+    aligned, truth = apply_alignment(recon, truth, metrics["alignment"])
     fig, axes = plt.subplots(2, 3, figsize=(12, 7.2))
-    for row, (part, fn, cmap) in enumerate((("amplitude", np.abs, "gray"),
-                                            ("phase", np.angle, "twilight"))):
+    for row, (part, fn, cmap, unit) in enumerate((("amplitude", np.abs, "gray", ""),
+                                                  ("phase", np.angle, "twilight", " (rad)"))):
         t, r = fn(truth), fn(aligned)
-        if part == "phase":
+        if part == "phase":  # truth + wrapped difference, as the metrics compare them
             r = t + np.angle(aligned * np.conj(truth))
         lo, hi = float(t.min()), float(t.max())
         m = metrics[part]
-        _panel(axes[row, 0], t, f"ground truth {part}", cmap, vmin=lo, vmax=hi)
-        _panel(axes[row, 1], r, f"reconstruction {part}\nSSIM {m['ssim']:.3f}, "
-               f"PSNR {m['psnr']:.1f} dB", cmap, vmin=lo, vmax=hi)
-        _panel(axes[row, 2], r - t, f"error {part}\nMAE {m['mae']:.3g}", "RdBu_r",
-               vmin=-(hi - lo) / 2, vmax=(hi - lo) / 2)
-    fig.suptitle("scanned region, after global phase / amplitude alignment", fontsize=10)
+        _panel(axes[row, 0], t, f"ground truth {part}{unit}", cmap, vmin=lo, vmax=hi)
+        _panel(axes[row, 1], r, f"reconstruction {part}{unit}\nSSIM {m['ssim']:.3f}, "
+               f"PSNR {m['psnr']:.1f} dB, FRC50 {m['frc50']:.3f} cycles/px", cmap,
+               vmin=lo, vmax=hi)
+        _panel(axes[row, 2], r - t, f"error {part}{unit} (reconstruction - truth)\n"
+               f"MAE {m['mae']:.3g}", "RdBu_r", vmin=-(hi - lo) / 2, vmax=(hi - lo) / 2)
+    fig.suptitle("scanned region, after registration and global phase / amplitude alignment",
+                 fontsize=10)
+    _save(fig, path)
+
+
+def frc_curves(path: Path, freq: np.ndarray, curves: Mapping[str, np.ndarray],
+               crossings: Mapping[str, tuple[float, float]], pixel_size_m: float,
+               title: str) -> None:
+    """Fourier ring correlation ``curves[name]`` [k] against ``freq`` [k] (cycles/px).
+
+    ``crossings[name]`` = (1/2, 1/7 threshold crossings, cycles/px), shown in the legend
+    with the period they resolve; the thresholds are drawn as lines. The top axis gives
+    the frequency in 1/um (object pixel ``pixel_size_m``).
+    """
+    px_um = pixel_size_m * 1e6
+    fig, ax = plt.subplots(figsize=(6.4, 5.0), layout="constrained")
+    for name, curve in curves.items():  # ring 0 (DC) is empty: the means are subtracted
+        f50, f7 = crossings[name]
+        ax.plot(freq[1:], curve[1:], lw=1.5, label=f"{name}: FRC50 {f50:.3f}, FRC1/7 {f7:.3f} "
+                f"cycles/px (period {px_um / f50 * 1e3:.0f} / {px_um / f7 * 1e3:.0f} nm)")
+    ax.axhline(0.5, color="k", ls="--", lw=1, label="1/2 threshold (FRC50)")
+    ax.axhline(1 / 7, color="k", ls=":", lw=1, label="1/7 threshold")
+    ax.set_xlim(0, 0.5)
+    ax.set_ylim(max(-1.0, min(-0.1, *(float(np.min(c[1:])) for c in curves.values()))), 1.05)
+    ax.set_xlabel("spatial frequency (cycles/px)")
+    ax.set_ylabel("FRC")
+    top = ax.secondary_xaxis("top", functions=(lambda f: f / px_um, lambda k: k * px_um))
+    top.set_xlabel("spatial frequency (1/um)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))
+    _save(fig, path)
+
+
+def message(path: Path, title: str, text: str) -> None:
+    """A figure that says why there is nothing to plot (keeps a step's products fixed)."""
+    fig, ax = plt.subplots(figsize=(6.4, 2.0))
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=10)
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=9,
+            transform=ax.transAxes)
+    _save(fig, path)
+
+
+def scan_positions(path: Path, amplitude: np.ndarray, positions_px: np.ndarray,
+                   illumination: np.ndarray, diameter_px: float, pixel_size_m: float,
+                   region: tuple[slice, slice]) -> None:
+    """Where the probe went. Left: ``amplitude`` [H, W] with the probe centres
+    ``positions_px`` [n, 2] (row, col px), the probe footprint (circles of
+    ``diameter_px``, the disk holding 86.5 % of the probe intensity) at the first, middle
+    and last position and the scored ``region`` (dashed box). Right: ``illumination``
+    [H, W], the summed probe intensity (photons per object pixel). Axes in um.
+    """
+    px_um = pixel_size_m * 1e6
+    h, w = amplitude.shape
+    extent = (-0.5 * px_um, (w - 0.5) * px_um, (h - 0.5) * px_um, -0.5 * px_um)
+    y, x = positions_px[:, 0] * px_um, positions_px[:, 1] * px_um
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 6.0), layout="constrained")
+    for ax, img, label, cmap in ((axes[0], amplitude, "reconstructed amplitude", "gray"),
+                                 (axes[1], illumination, "photons per object pixel", "magma")):
+        im = ax.imshow(img, cmap=cmap, extent=extent)
+        plt.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=label)
+        ax.set_xlabel("x (um)")
+        ax.set_ylabel("y (um)")
+        r0, c0 = region[0].start * px_um, region[1].start * px_um
+        ax.add_patch(plt.Rectangle((c0, r0), (region[1].stop - 1) * px_um - c0,
+                                   (region[0].stop - 1) * px_um - r0, fill=False, ls="--",
+                                   ec="cyan", lw=1, label="scored region"))
+    axes[0].plot(x, y, ".", color="orange", ms=3, label=f"probe centres ({len(x)})")
+    axes[0].plot(x, y, "-", color="orange", lw=0.3, alpha=0.5)
+    for k in sorted({0, len(x) // 2, len(x) - 1}):
+        axes[0].add_patch(plt.Circle((x[k], y[k]), diameter_px * px_um / 2, fill=False,
+                                     ec="lime", lw=1.2, label="probe footprint" if k == 0
+                                     else None))
+    axes[0].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=3)
+    axes[0].set_title(f"scan: {len(x)} positions; circles: probe diameter "
+                      f"{diameter_px * px_um * 1e3:.0f} nm (86.5 % of its intensity)", fontsize=9)
+    axes[1].set_title(f"illumination (summed probe intensity); pixel {px_um * 1e3:.1f} nm",
+                      fontsize=9)
     _save(fig, path)

@@ -1,33 +1,54 @@
-"""Inference: predict patches, stitch the object, score it against ground truth.
+"""Inference: predict patches, stitch the object, score it against ground truth when there is one.
 
-``python -m ptycho_torch.infer --model model.pt --data test.cxi --out-dir
-results/<exp>/infer --report-dir DIR`` writes ``reconstruction.h5`` (ptychodus
-product layout), ``metrics.json`` (when the data carry a ground truth) and
-``reconstruction.png``.
+``python -m ptycho_torch.infer --model model.pt --data DATA --out-dir DIR --report-dir
+reports/<run_id>/<experiment>/infer`` reconstructs the scan in ``DATA`` (CXI, or a
+PtychoPINN ``.npz``) with the trained model and writes into ``DIR``:
+
+* ``reconstruction.h5``: object and probe in the ptychodus product layout;
+* ``reconstruction.npz``: the object as numpy arrays (:func:`write_reconstruction_npz`);
+* ``metrics.json``: ``"ground_truth": true`` and amplitude/phase MAE, PSNR, SSIM, FRC50
+  after alignment, or ``"ground_truth": false`` and why nothing was scored;
+* ``reconstruction.png`` (ground truth, reconstruction, error), ``frc.png`` (FRC curves
+  against the ground truth) and ``scan_positions.png`` (scan and probe footprint).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ptycho_torch import cli, figures
+from ptycho_torch import cli, figures, quality
 from ptycho_torch.config import ExperimentConfig
 from ptycho_torch.config_factory import create_inference_payload
-from ptycho_torch.data import PtychoData, read_cxi, write_atomic_h5
+from ptycho_torch.data import OURS, PtychoData, read_data, write_atomic_h5
 from ptycho_torch.grouping import group_indices, relative_offsets
-from ptycho_torch.model import PtychoPINN, input_scale, load_model
+from ptycho_torch.metrics import score
+from ptycho_torch.model import PtychoPINN, ValidPixels, input_scale, load_model
+from ptycho_torch.physics import probe_diameter_px
 from ptycho_torch.reports import StepReport, write_atomic
-from ptycho_torch.stitch import scanned_region, stitch
+from ptycho_torch.stitch import illumination, scanned_region, stitch
 from ptycho_torch.train import setup_execution
 
 LOG = logging.getLogger("ptycho_torch")
+PRODUCTS = ("reconstruction.h5", "reconstruction.npz", "metrics.json", "reconstruction.png",
+            "frc.png", "scan_positions.png", "quality.png")
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """A stitched object and how it was made."""
+    obj: np.ndarray  # complex64 [H, W]
+    stitching: dict  # JSON-able record of stitch()
+    network_seconds: float  # batched forward passes
+    stitch_seconds: float  # phase synchronisation, calibration, weighted average
 
 
 @torch.no_grad()
@@ -47,6 +68,43 @@ def predict_patches(model: PtychoPINN, data: PtychoData, cfg: ExperimentConfig,
     out = [model(counts[groups[i:i + bs]].to(device).sqrt() / scale,
                  offsets[i:i + bs].to(device))[:, 0].cpu() for i in range(0, len(groups), bs)]
     return torch.cat(out)
+
+
+def reconstruct(model: PtychoPINN, data: PtychoData, cfg: ExperimentConfig,
+                device: torch.device) -> Reconstruction:
+    """Predict every patch, then stitch them (with ``cfg.inference``'s phase sync and
+    calibration on the counts' valid pixels) into the object ``[H, W]``."""
+    t0 = time.perf_counter()
+    patches = predict_patches(model, data, cfg, device)
+    t1 = time.perf_counter()
+    obj, record = stitch(patches, data.positions_px, data.object_shape, data.probe,
+                         cfg.inference, data.counts, ValidPixels.of(data))
+    return Reconstruction(obj, record, t1 - t0, time.perf_counter() - t1)
+
+
+def evaluate(obj: np.ndarray, data: PtychoData, source: Path) -> dict:
+    """Content of ``metrics.json`` for the object ``[H, W]`` reconstructed from ``source``.
+
+    Always: ``ground_truth`` (bool), ``n_patterns`` and the scanned ``region``. With a
+    ground truth, :func:`ptycho_torch.metrics.score` of the region (amplitude, phase,
+    alignment, FRC curves) and the same with the phase ramp removed; without one,
+    ``metrics_skipped``: why nothing was scored.
+    """
+    region = scanned_region(data.positions_px)
+    out = {"ground_truth": data.ground_truth is not None, "n_patterns": len(data.counts),
+           "region": {"rows": [region[0].start, region[0].stop],
+                      "cols": [region[1].start, region[1].stop],
+                      "definition": "bounding box of the probe centres"}}
+    if data.ground_truth is None:
+        out["metrics_skipped"] = (f"{source} holds no ground-truth object (CXI: "
+                                  f"{OURS}/ground_truth_object, NPZ: objectGuess), so there is "
+                                  "nothing to score the reconstruction against")
+        return out
+    truth = data.ground_truth[region]
+    ramp_free = score(obj[region], truth, remove_ramp=True)
+    return {**out, **score(obj[region], truth),
+            "with_phase_ramp_removed": {k: ramp_free[k] for k in
+                                        ("amplitude", "phase", "alignment")}}
 
 
 def write_ptychodus(path: Path, obj: np.ndarray, data: PtychoData,
@@ -77,66 +135,110 @@ def write_ptychodus(path: Path, obj: np.ndarray, data: PtychoData,
     write_atomic_h5(path, fill)
 
 
+def write_reconstruction_npz(path: Path, obj: np.ndarray, data: PtychoData) -> None:
+    """``reconstruction.npz`` (uncompressed, written atomically): ``object`` complex64
+    ``[H, W]``, ``amplitude`` and ``phase`` (rad) float32 ``[H, W]``, ``pixel_size_m``
+    float64 scalar (object pixel), ``probe_position_px`` float64 ``[n, 2]`` (probe centre
+    (row, col) in object pixels), ``scanned_region_px`` int64 ``[2, 2]`` ((row start,
+    stop), (col start, stop): the region metrics are computed on), ``probe`` complex64
+    ``[N, N]``."""
+    region = scanned_region(data.positions_px)
+    buf = io.BytesIO()
+    np.savez(buf, object=obj.astype(np.complex64), amplitude=np.abs(obj).astype(np.float32),
+             phase=np.angle(obj).astype(np.float32),
+             pixel_size_m=np.float64(data.object_pixel_size_m),
+             probe_position_px=data.positions_px.astype(np.float64),
+             scanned_region_px=np.array([[s.start, s.stop] for s in region], dtype=np.int64),
+             probe=data.probe.astype(np.complex64))
+    write_atomic(path, buf.getvalue())
+
+
+def write_figures(out_dir: Path, obj: np.ndarray, data: PtychoData, metrics: dict) -> None:
+    """``reconstruction.png``, ``frc.png`` and ``scan_positions.png`` into ``out_dir``."""
+    region = scanned_region(data.positions_px)
+    truth = None if data.ground_truth is None else data.ground_truth[region]
+    figures.reconstruction(out_dir / "reconstruction.png", obj[region], truth,
+                           metrics if truth is not None else None)
+    if truth is None:
+        figures.message(out_dir / "frc.png", "FRC against the ground truth: not computed",
+                        f"{metrics['metrics_skipped']}.\nquality.png holds the half-data FRC, "
+                        "which needs no ground truth.")
+    else:
+        curves = metrics["frc_curves"]
+        figures.frc_curves(out_dir / "frc.png", np.asarray(curves["freq_cycles_per_px"]),
+                           {p: np.asarray(curves[p]) for p in ("amplitude", "phase")},
+                           {p: (metrics[p]["frc50"], metrics[p]["frc_1_7"])
+                            for p in ("amplitude", "phase")}, data.object_pixel_size_m,
+                           "FRC of the reconstruction against the ground truth\n"
+                           "(scanned region, after alignment)")
+    figures.scan_positions(out_dir / "scan_positions.png", np.abs(obj), data.positions_px,
+                           illumination(data.probe, data.positions_px, data.object_shape),
+                           probe_diameter_px(torch.from_numpy(data.probe)),
+                           data.object_pixel_size_m, region)
+
+
+def summarise(rep: StepReport, rec: Reconstruction, metrics: dict, n: int) -> None:
+    """Key numbers and the one-line verdict of the step."""
+    seconds = rec.network_seconds + rec.stitch_seconds
+    rep.record({"patterns": n, "network_seconds": rec.network_seconds,
+                "stitch_seconds": rec.stitch_seconds, "reconstruction_seconds": seconds,
+                "patterns_per_second": n / max(seconds, 1e-9),
+                "ground_truth": metrics["ground_truth"]})
+    if not metrics["ground_truth"]:
+        rep.verdict = (f"reconstructed {n} patterns; metrics against ground truth skipped: "
+                       f"{metrics['metrics_skipped']}")
+        return
+    rep.record({f"{part}_{key}": metrics[part][key] for part in ("amplitude", "phase")
+                for key in ("ssim", "psnr", "mae", "frc50")})
+    rep.verdict = (f"amplitude SSIM {metrics['amplitude']['ssim']:.3f}, "
+                   f"phase SSIM {metrics['phase']['ssim']:.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ptycho_torch.infer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="model.pt from the train step")
-    parser.add_argument("--data", type=Path, required=True, help="data to reconstruct (.cxi)")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="data to reconstruct (.cxi, or a PtychoPINN .npz)")
     parser.add_argument("--out-dir", type=Path, required=True,
-                        help="writes reconstruction.h5, metrics.json, reconstruction.png here")
+                        help=f"writes {', '.join(PRODUCTS)} here")
     parser.add_argument("--history", type=Path, help="history.csv of the training (optional)")
+    parser.add_argument("--step", choices=("infer", "infer_file"), default="infer",
+                        help="step name in the evidence: the --report-dir's last part")
     cli.add_set_arg(parser)
     cli.add_execution_args(parser)
     cli.add_report_arg(parser)
     args = parser.parse_args(argv)
-    products = [args.out_dir / n for n in ("reconstruction.h5", "metrics.json", "reconstruction.png")]
+    products = [args.out_dir / n for n in PRODUCTS]
 
     def load(a: argparse.Namespace) -> ExperimentConfig:
         return create_inference_payload(a.model, a.data, a.out_dir,
                                         cli.overrides_from_args(a)).config
 
     def body(cfg: ExperimentConfig, rep: StepReport) -> None:
-        from ptycho_torch.metrics import score
         device = setup_execution(cfg.execution)
         model = load_model(args.model, cfg)
-        data = read_cxi(args.data)
-        t0 = time.perf_counter()
-        patches = predict_patches(model, data, cfg, device)
-        t_net = time.perf_counter() - t0
-        obj, stitching = stitch(patches, data.positions_px, data.object_shape, data.probe,
-                                cfg.inference, data.counts)
-        seconds = time.perf_counter() - t0
+        data = read_data(args.data, cfg.data)
+        data = replace(data, probe=model.probe_for_data(data.probe))  # trained probe / scale
+        rec = reconstruct(model, data, cfg, device)
         history = figures.read_history(args.history) if args.history else []
-        write_ptychodus(products[0], obj, data, history, cfg.experiment)
-        region = scanned_region(data.positions_px)
-        numbers = {"patterns": len(data.counts), "network_seconds": t_net,
-                   "reconstruction_seconds": seconds,
-                   "patterns_per_second": len(data.counts) / max(seconds, 1e-9)}
-        if data.ground_truth is None:
-            products.remove(products[1])
-            rep.verdict = "reconstructed (no ground truth in the data: metrics skipped)"
-            figures.reconstruction(products[-1], obj[region], None, None)
-        else:
-            metrics = score(obj[region], data.ground_truth[region])
-            ramp_free = score(obj[region], data.ground_truth[region], remove_ramp=True)
-            metrics.update({"with_phase_ramp_removed": {k: ramp_free[k] for k in
-                                                        ("amplitude", "phase", "alignment")},"region": {"rows": [region[0].start, region[0].stop],
-                                       "cols": [region[1].start, region[1].stop],
-                                       "definition": "bounding box of the probe centres"},
-                            "n_patterns": len(data.counts), "stitching": stitching})
-            write_atomic(products[1], json.dumps(metrics, indent=2) + "\n")
-            rep.write_json("metrics.json", metrics)
-            figures.reconstruction(products[-1], obj[region], data.ground_truth[region], metrics)
-            for part in ("amplitude", "phase"):
-                for key in ("ssim", "psnr", "mae"):
-                    numbers[f"{part}_{key}"] = metrics[part][key]
-            rep.verdict = (f"amplitude SSIM {metrics['amplitude']['ssim']:.3f}, "
-                           f"phase SSIM {metrics['phase']['ssim']:.3f}")
-        figures.copy_into(products[-1], rep.directory)
-        rep.write_json("stitching.json", stitching)
-        rep.record(numbers)
+        write_ptychodus(args.out_dir / "reconstruction.h5", rec.obj, data, history,
+                        cfg.experiment)
+        write_reconstruction_npz(args.out_dir / "reconstruction.npz", rec.obj, data)
+        metrics = {**evaluate(rec.obj, data, args.data), "stitching": rec.stitching}
+        metrics["quality"] = quality.assess(  # no ground truth needed: R-factor, half-data FRC
+            rec.obj, data, lambda d: predict_patches(model, d, cfg, device), cfg.inference,
+            args.out_dir / "quality.png")
+        rep.record(quality.key_numbers(metrics["quality"]))
+        write_atomic(args.out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        rep.write_json("metrics.json", metrics)
+        write_figures(args.out_dir, rec.obj, data, metrics)
+        for name in PRODUCTS[3:]:
+            figures.copy_into(args.out_dir / name, rep.directory)
+        rep.write_json("stitching.json", rec.stitching)
+        summarise(rep, rec, metrics, len(data.counts))
 
-    return cli.run_step("infer", args, products, body, load_config=load,
+    return cli.run_step(args.step, args, products, body, load_config=load,
                         inputs=[args.model, args.data] + ([args.history] if args.history else []))
 
 

@@ -167,28 +167,51 @@ def frc(a: np.ndarray, b: np.ndarray, *, window: bool = True) -> tuple[np.ndarra
     h, w = a.shape
     win = _hann2d((h, w)) if window else 1.0
     fa, fb = np.fft.fft2((a - a.mean()) * win), np.fft.fft2((b - b.mean()) * win)
-    n = min(h, w)
-    fy, fx = np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij")
-    ring = np.rint(np.hypot(fy, fx) * n).astype(int).ravel()
-    keep = ring <= n // 2
+    ring, rings = _rings((h, w))
 
     def ring_sum(v: np.ndarray) -> np.ndarray:
-        return np.bincount(ring[keep], weights=v.ravel()[keep], minlength=n // 2 + 1)
+        return np.bincount(ring, weights=v.ravel(), minlength=rings + 1)[: rings]
 
     num = ring_sum(np.real(fa * np.conj(fb)))
     den = np.sqrt(ring_sum(np.abs(fa) ** 2) * ring_sum(np.abs(fb) ** 2))
-    return np.arange(n // 2 + 1) / n, np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+    n = min(h, w)
+    return np.arange(rings) / n, np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
 
-def frc_threshold_crossing(freq: np.ndarray, curve: np.ndarray, threshold: float) -> float:
-    """First frequency (cycles/px) where ``curve`` drops below ``threshold``, linearly
-    interpolated; the DC ring (index 0) is ignored. 0.5 if it never drops below."""
-    below = np.nonzero(curve[1:] < threshold)[0]
+def _rings(shape: tuple[int, int]) -> tuple[np.ndarray, int]:
+    """FRC ring index [H*W] of every FFT pixel of an image ``shape`` (rings 1/N wide,
+    N = min(H, W); pixels beyond 0.5 cycles/px get index N//2 + 1) and the ring count N//2 + 1."""
+    h, w = shape
+    n = min(h, w)
+    fy, fx = np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij")
+    ring = np.rint(np.hypot(fy, fx) * n).astype(int).ravel()
+    return np.minimum(ring, n // 2 + 1), n // 2 + 1
+
+
+def half_bit_threshold(shape: tuple[int, int]) -> np.ndarray:
+    """The 1/2-bit FRC threshold [N//2+1] of :func:`frc` rings for images ``shape``:
+    ``(0.2071 + 1.9102 / sqrt(n_r)) / (1.2071 + 0.9102 / sqrt(n_r))``, ``n_r`` pixels in
+    ring r (van Heel & Schatz, J. Struct. Biol. 151:250, 2005)."""
+    ring, rings = _rings(shape)
+    root = np.sqrt(np.maximum(np.bincount(ring, minlength=rings + 1)[:rings], 1))
+    return (0.2071 + 1.9102 / root) / (1.2071 + 0.9102 / root)
+
+
+def frc_threshold_crossing(freq: np.ndarray, curve: np.ndarray,
+                           threshold: float | np.ndarray) -> float:
+    """First frequency (cycles/px) where ``curve`` drops below ``threshold`` (a number, or
+    one value per ring such as :func:`half_bit_threshold`), linearly interpolated; 0.5 if it
+    never drops below. The DC ring (index 0) carries no information (:func:`frc` subtracts
+    the means): it counts as 1, never a crossing, only the start of the interpolation."""
+    margin = np.concatenate([[1.0], curve[1:]]) - threshold
+    below = np.nonzero(margin[1:] < 0)[0]
     if below.size == 0:
         return 0.5
     i = int(below[0]) + 1
-    f0, f1, c0, c1 = freq[i - 1], freq[i], curve[i - 1], curve[i]
-    return float(f0 + (c0 - threshold) * (f1 - f0) / (c0 - c1))
+    f0, f1, m0, m1 = freq[i - 1], freq[i], margin[i - 1], margin[i]
+    if m0 <= 0:  # below at the first ring and at DC too: nothing is resolved
+        return float(f0)
+    return float(f0 + m0 * (f1 - f0) / (m0 - m1))
 
 
 def frc50(a: np.ndarray, b: np.ndarray) -> float:
@@ -226,13 +249,35 @@ def score(recon: np.ndarray, truth: np.ndarray, *, register: bool = True, remove
     """Align ``recon`` [H, W] to ``truth`` [H, W] (:func:`align`) and score amplitude and phase.
 
     Phase metrics compare angle(t) with angle(t) + angle(r*conj(t)), i.e. the truth phase
-    plus the *wrapped* difference, so a 2*pi wrap does not count as an error.
+    plus the *wrapped* difference, so a 2*pi wrap does not count as an error. ``frc_curves``
+    holds the FRC curves behind ``frc50`` / ``frc_1_7`` (lists over ``freq_cycles_per_px``).
     """
     r, t, info = align(recon, truth, register=register, remove_ramp=remove_ramp)
     phase_t = np.angle(t)
+    phase_r = phase_t + np.angle(r * np.conj(t))
+    freq, amp_curve = frc(np.abs(r), np.abs(t))
     return {
         "amplitude": image_metrics(np.abs(r), np.abs(t)),
-        "phase": image_metrics(phase_t + np.angle(r * np.conj(t)), phase_t),
+        "phase": image_metrics(phase_r, phase_t),
         "alignment": info,
         "region_shape": [int(t.shape[0]), int(t.shape[1])],
+        "frc_curves": {"freq_cycles_per_px": freq.tolist(), "amplitude": amp_curve.tolist(),
+                       "phase": frc(phase_r, phase_t)[1].tolist()},
     }
+
+
+def apply_alignment(recon: np.ndarray, truth: np.ndarray, info: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Redo the alignment ``info`` of ``recon`` [H, W] that :func:`align` (or :func:`score`)
+    made without ramp removal: shift, crop, global phase, amplitude scale.
+
+    Returns (aligned recon, cropped truth), complex128 [H-2m, W-2m] with m = ``crop_px``:
+    the arrays the metrics were computed on.
+    """
+    _check_pair(recon, truth)
+    if info["phase_ramp_rad_per_px"] is not None:
+        raise ValueError("apply_alignment: alignments with a removed phase ramp are not supported")
+    r = fourier_shift_image(recon, (info["shift_px"][0], info["shift_px"][1]))
+    m = info["crop_px"]
+    crop = (slice(m, r.shape[0] - m), slice(m, r.shape[1] - m))
+    scale = info["amplitude_scale"] * np.exp(-1j * info["phase_offset_rad"])
+    return scale * r[crop], np.asarray(truth, dtype=np.complex128)[crop]

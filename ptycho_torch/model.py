@@ -7,22 +7,37 @@ decoders (amplitude with a bounded activation, phase ``pi * tanh``). With
 re-extracted (the real-space overlap constraint), so neighbours must agree. The
 loss never sees the object: the patches go through the same far-field forward
 model as the simulator (:func:`ptycho_torch.physics.forward_intensity`) and the
-predicted counts are compared with the measured counts.
+predicted counts are compared with the measured counts, on the pixels that measure
+them (:class:`ValidPixels`: not masked by the detector, not saturated).
+
+Scaling (three factors, kept apart; see :meth:`PtychoPINN.predicted_counts`):
+
+* physics: the probe ``P`` carries the photon scale (``sum |P|^2`` = photons incident
+  per exposure, as stored in the CXI file), so expected counts are
+  ``lambda = s^2 |F(P * O)|^2`` with ``O`` the predicted patch (a transmission, ``|O|
+  <= 1`` with the sigmoid head) and ``s`` the global intensity scale: 1, or learned
+  with ``model.intensity_scale_trainable`` (``model.probe_trainable`` learns ``P``);
+* statistics: the network sees ``sqrt(counts) / input_scale`` (values of order one,
+  :func:`input_scale`); this factor never enters the forward model;
+* display: none here (figures and metrics align amplitudes themselves).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
 from ptycho_torch import physics
 from ptycho_torch.config import ExperimentConfig, ModelConfig
 from ptycho_torch.config_factory import ConfigError, resolve_config
+from ptycho_torch.data import PtychoData
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -30,20 +45,46 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
                          nn.Conv2d(c_out, c_out, 3, padding=1), nn.ReLU())
 
 
-class Decoder(nn.Module):
-    """Bottleneck ``[B, 4w, N/8, N/8]`` -> one real map ``[B, C, M, M]`` (M = N or N/2)."""
+def _phase_activation(x: torch.Tensor) -> torch.Tensor:
+    return math.pi * torch.tanh(x)
 
-    def __init__(self, w: int, c_out: int, full_size: bool):
+
+class Decoder(nn.Module):
+    """Bottleneck ``[B, 4w, N/8, N/8]`` -> one real map ``[B, C, N, N]`` through ``activation``.
+
+    Without ``pad`` the map is predicted at full size. With ``pad`` (``pad_object``) only
+    the central N/2 x N/2 is predicted and the border is 0, unless ``ring`` (``probe_big``:
+    the ``[N, N]`` 0/1 mask of the border) is given: then a second path, one more
+    upsampling block from the N/2 features, fills the border. The activation runs in
+    float32 (also under mixed-precision autocast).
+    """
+
+    def __init__(self, w: int, c_out: int, activation: Callable[[torch.Tensor], torch.Tensor],
+                 pad: bool, ring: torch.Tensor | None = None):
         super().__init__()
-        widths = [4 * w, 2 * w, w] + ([w] if full_size else [])
+        widths = [4 * w, 2 * w, w] + ([] if pad else [w])
         layers: list[nn.Module] = []
         for c_in, c in zip(widths[:-1], widths[1:]):
             layers += [nn.Upsample(scale_factor=2, mode="nearest"), _block(c_in, c)]
         self.body = nn.Sequential(*layers)
         self.head = nn.Conv2d(widths[-1], c_out, 1)
+        self.activation, self.pad = activation, pad
+        self.outer = None
+        if ring is not None:
+            self.outer = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                                       _block(w, w), nn.Conv2d(w, c_out, 1))
+            self.register_buffer("ring", ring, persistent=False)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(z))
+        features = self.body(z)
+        out = self.activation(self.head(features).float())
+        if not self.pad:
+            return out
+        q = out.shape[-1] // 2  # the centre is N/2 wide: N/4 of zeros on each side
+        out = nn.functional.pad(out, (q, q, q, q))
+        if self.outer is None:
+            return out
+        return out + self.ring * self.activation(self.outer(features).float())
 
 
 def merge_and_reextract(patches: torch.Tensor, offsets: torch.Tensor,
@@ -68,53 +109,161 @@ def merge_and_reextract(patches: torch.Tensor, offsets: torch.Tensor,
 
 
 class PtychoPINN(nn.Module):
-    """Group amplitudes ``[B, C, N, N]`` (+ offsets ``[B, C, 2]``) -> patches ``[B, C, N, N]``."""
+    """Group amplitudes ``[B, C, N, N]`` (+ offsets ``[B, C, 2]``) -> patches ``[B, C, N, N]``.
 
-    def __init__(self, cfg: ModelConfig, N: int):
+    With ``cfg.probe_trainable`` the probe is a parameter, initialised from ``probe``
+    (complex ``[N, N]``, the training data's; None: zeros, for ``load_state_dict`` to
+    fill): ``probe`` ``[N, N, 2]`` (real, imaginary) in units of the buffer
+    ``probe_unit``, the initial probe's RMS amplitude, so that optimiser steps are
+    relative to the probe's size. With ``cfg.intensity_scale_trainable`` the parameter
+    ``log_intensity_scale`` (scalar, 0 at the start) is ``log s``. Both are saved in the
+    checkpoint (:meth:`predicted_counts` says how they enter).
+    """
+
+    def __init__(self, cfg: ModelConfig, N: int, probe: torch.Tensor | None = None):
         super().__init__()
         w, channels = 16 * cfg.n_filters_scale, cfg.gridsize ** 2
-        self.N, self.pad, self.object_big = N, cfg.pad_object, cfg.object_big and channels > 1
-        support = torch.zeros(N, N)
+        self.N, self.object_big = N, cfg.object_big and channels > 1
+        centre = torch.zeros(N, N)
         q = N // 4 if cfg.pad_object else 0
-        support[q:N - q, q:N - q] = 1
-        self.register_buffer("support", support, persistent=False)
+        centre[q:N - q, q:N - q] = 1
+        ring = 1 - centre if cfg.pad_object and cfg.probe_big else None
+        # the predicted region, weighting the overlap constraint's average
+        self.register_buffer("support", centre if ring is None else torch.ones(N, N),
+                             persistent=False)
         self.encoder = nn.Sequential(_block(channels, w), nn.MaxPool2d(2),
                                      _block(w, 2 * w), nn.MaxPool2d(2),
                                      _block(2 * w, 4 * w), nn.MaxPool2d(2))
-        self.amplitude = Decoder(w, channels, full_size=not cfg.pad_object)
-        self.phase = Decoder(w, channels, full_size=not cfg.pad_object)
-        self.amp_activation = {"sigmoid": torch.sigmoid, "softplus": nn.functional.softplus,
-                               "silu": nn.functional.silu}[cfg.amp_activation]
+        amp_activation = {"sigmoid": torch.sigmoid, "softplus": nn.functional.softplus,
+                          "silu": nn.functional.silu}[cfg.amp_activation]
+        self.amplitude = Decoder(w, channels, amp_activation, cfg.pad_object, ring)
+        self.phase = Decoder(w, channels, _phase_activation, cfg.pad_object, ring)
+        self.probe = None
+        if cfg.probe_trainable:
+            init = torch.zeros(N, N, dtype=torch.complex64) if probe is None else probe
+            unit = init.abs().square().mean().sqrt().clamp_min(1e-30).float()
+            self.register_buffer("probe_unit", unit)
+            self.probe = nn.Parameter(torch.view_as_real((init / unit).to(torch.complex64))
+                                      .clone())
+        self.log_intensity_scale = (nn.Parameter(torch.zeros(()))
+                                    if cfg.intensity_scale_trainable else None)
 
     def forward(self, amplitudes: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         z = self.encoder(amplitudes)
-        amp = self.amp_activation(self.amplitude(z))
-        phase = math.pi * torch.tanh(self.phase(z))
-        patch = torch.polar(amp, phase)
-        if self.pad:  # the predicted centre N/2 x N/2, zero outside (oversampling)
-            q = self.N // 4
-            patch = nn.functional.pad(patch, (q, q, q, q))
+        patch = torch.polar(self.amplitude(z), self.phase(z))
         if self.object_big:
             patch = merge_and_reextract(patch, offsets, self.support)
         return patch
 
+    def effective_probe(self, probe: torch.Tensor) -> torch.Tensor:
+        """``s * P`` ``[N, N]`` complex: ``P`` the trained probe (``probe_trainable``) or
+        else ``probe`` (the data's, photon-scaled), ``s = exp(log_intensity_scale)`` (1
+        unless ``intensity_scale_trainable``)."""
+        if self.probe is not None:
+            probe = torch.view_as_complex(self.probe) * self.probe_unit
+        if self.log_intensity_scale is not None:
+            probe = probe * torch.exp(self.log_intensity_scale)
+        return probe
 
-def poisson_loss(predicted: torch.Tensor, counts: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    @torch.no_grad()
+    def probe_for_data(self, probe: np.ndarray) -> np.ndarray:
+        """:meth:`effective_probe` for data whose probe is ``probe`` (complex ``[N, N]``), as
+        complex64 numpy: what inference stitches, calibrates and saves with. ``probe``
+        itself unless the probe or the intensity scale was trained."""
+        if self.probe is None and self.log_intensity_scale is None:
+            return probe
+        return self.effective_probe(torch.from_numpy(probe)).cpu().numpy().astype(np.complex64)
+
+    def predicted_counts(self, probe: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        """Expected counts ``lambda = s^2 |F(P * O)|^2`` ``[..., N, N]`` (photons) of the
+        patches ``O`` ``[..., N, N]``: the one place where the intensity scale enters.
+
+        ``F`` is the unitary (ortho) DC-centred far field; ``P`` carries the photon scale
+        (``sum |P|^2`` photons per exposure) and ``s`` (:meth:`effective_probe`) corrects it
+        globally when trained. The network's input normalisation (:func:`input_scale`)
+        plays no part here.
+        """
+        return physics.forward_intensity(self.effective_probe(probe), patches)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed precision for the network's layers (``execution.precision``): autocast to
+    bfloat16 or float16 on ``device``; ``float32`` runs as is. The decoders' outputs, the
+    forward model and the loss stay float32 (:class:`Decoder` casts before activating)."""
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, precision))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ValidPixels:
+    """Which recorded pixels measure the diffraction, for the losses and the calibration.
+
+    ``good``: bool ``[N, N]``, False where the detector mask flags a pixel (beamstop, dead:
+    it records 0 counts whatever arrives), None when every pixel is good. ``saturation``:
+    counts at which the detector clips (0 = none). A clipped count only says "at least
+    ``saturation``": saturated pixels are left out of the fit, like masked ones (simpler and
+    cheaper than a censored likelihood; only that lower bound is lost). The mask is per
+    detector, the saturated pixels per pattern: :meth:`__call__` combines both for a batch
+    of counts.
+    """
+    good: torch.Tensor | None = None
+    saturation: float = 0.0
+
+    @classmethod
+    def of(cls, data: PtychoData) -> ValidPixels:
+        """The detector mask and saturation level recorded with ``data``."""
+        good = data.valid_pixels()
+        return cls(None if good.all() else torch.from_numpy(good), data.saturation_counts)
+
+    def to(self, device: torch.device) -> ValidPixels:
+        """The same, with the detector mask on ``device`` (where the counts are)."""
+        return self if self.good is None else dataclasses.replace(self, good=self.good.to(device))
+
+    def __call__(self, counts: torch.Tensor) -> torch.Tensor | None:
+        """Bool ``[..., N, N]`` (or ``[N, N]``, broadcasting to ``counts [..., N, N]``): the
+        valid pixels, i.e. good and ``counts < saturation``; None when all are valid."""
+        valid = self.good
+        if self.saturation > 0:
+            below = counts < self.saturation
+            valid = below if valid is None else valid & below
+        return valid
+
+
+def _mean(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``values [..., N, N]`` over all pixels, the invalid ones counting 0 (``valid``:
+    bool, broadcasting to ``values``; None: all valid, the plain mean).
+
+    Dividing by the pixel count rather than the valid count gives every valid pixel the
+    same weight in every batch, whatever its number of saturated pixels: the batch loss is
+    an unbiased estimate of the data set's, and data-parallel shards average to the
+    one-process value exactly. At the noise level it is 0.5 x the valid fraction.
+    """
+    return values.mean() if valid is None else values.where(valid, 0).mean()
+
+
+def poisson_loss(predicted: torch.Tensor, counts: torch.Tensor,
+                 valid: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
     """Mean Poisson negative log-likelihood per pixel, minus its value at a perfect fit.
 
-    ``predicted`` and ``counts`` are expected and measured counts ``[..., N, N]``.
-    The subtracted saturated term does not depend on the model, so gradients are
-    those of the NLL; the value is half the Poisson deviance (about 0.5 per
-    pixel when the fit is at the noise level).
+    ``predicted`` and ``counts`` are expected and measured counts ``[..., N, N]``;
+    ``valid`` (:class:`ValidPixels`, bool broadcasting to them; None = all) selects the
+    pixels that count: the others get no weight and no gradient (:func:`_mean`). The
+    subtracted term (the NLL of the statistically "saturated" model, not detector
+    saturation) does not depend on the model, so gradients are those of the NLL; the value
+    is half the Poisson deviance (about 0.5 per valid pixel when the fit is at the noise
+    level).
     """
     nll = predicted - counts * torch.log(predicted + eps)
     saturated = counts - counts * torch.log(counts + eps)
-    return (nll - saturated).mean()
+    return _mean(nll - saturated, valid)
 
 
-def amplitude_mae_loss(predicted: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Mean absolute error between predicted and measured amplitudes sqrt(counts)."""
-    return (predicted.clamp_min(0).sqrt() - counts.sqrt()).abs().mean()
+def amplitude_mae_loss(predicted: torch.Tensor, counts: torch.Tensor,
+                       valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean absolute error between predicted and measured amplitudes sqrt(counts) over the
+    ``valid`` pixels (as in :func:`poisson_loss`)."""
+    return _mean((predicted.clamp_min(0).sqrt() - counts.sqrt()).abs(), valid)
 
 
 LOSSES = {"poisson": poisson_loss, "mae": amplitude_mae_loss}
@@ -130,10 +279,14 @@ def input_scale(counts: torch.Tensor) -> float:
 
 
 def physics_loss(model: PtychoPINN, probe: torch.Tensor, counts: torch.Tensor,
-                 offsets: torch.Tensor, scale: float, loss: str) -> torch.Tensor:
-    """Loss on a batch of grouped counts ``[B, C, N, N]`` (offsets ``[B, C, 2]``, probe ``[N, N]``)."""
+                 offsets: torch.Tensor, scale: float, loss: str,
+                 pixels: ValidPixels = ValidPixels()) -> torch.Tensor:
+    """Loss on a batch of grouped counts ``[B, C, N, N]`` (offsets ``[B, C, 2]``, the data's
+    probe ``[N, N]``) over the valid ``pixels`` (on the counts' device) of each pattern.
+    ``model`` may be wrapped in DistributedDataParallel."""
     patches = model(counts.sqrt() / scale, offsets)
-    return LOSSES[loss](physics.forward_intensity(probe, patches), counts)
+    network = getattr(model, "module", model)  # the PtychoPINN inside a DDP wrapper
+    return LOSSES[loss](network.predicted_counts(probe, patches), counts, pixels(counts))
 
 
 def save_checkpoint(path: Path, model: nn.Module, cfg: ExperimentConfig, meta: dict[str, Any]) -> None:

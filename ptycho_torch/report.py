@@ -103,6 +103,13 @@ def render(index: dict[str, Any], link: Callable[[str], str]) -> str:
               "| | MAE | PSNR (dB) | SSIM | FRC50 |", "|---|---|---|---|---|"]
     lines += [f"| {part} | " + " | ".join(_number(m[part].get(k, "")) for k in METRICS) + " |"
               for part in ("amplitude", "phase") if part in m]
+    if "quality" in m:  # ptycho_torch.quality: needs no ground truth
+        c, h = m["quality"]["data_consistency"], m["quality"]["half_data_frc"]
+        frc = h.get("skipped") or (f"half-data FRC resolution {_number(h['resolution_half_bit_nm'])}"
+                                   f" nm (1/2-bit), {_number(h['resolution_1_7_nm'])} nm (1/7)")
+        lines += ["", f"Without ground truth: R-factor {_number(c['r_factor'])} against the "
+                  f"measured counts (Poisson noise alone: {_number(c['r_factor_poisson_expected'])}"
+                  f"); {frc}."]
     if index.get("comparison"):  # --comparison: the method comparison (ptycho_torch.compare)
         from ptycho_torch.compare import markdown_section
         lines += ["", *markdown_section(index["comparison"])]

@@ -4,7 +4,8 @@
 --test-out test.cxi --report-dir DIR`` writes a training and a test data set
 of *different* objects (seeds ``[seed, 0]`` and ``[seed, 1]``), or, with
 ``data.source: file``, converts ``data.train_file``/``data.test_file`` (CXI or
-PtychoPINN NPZ) to those two CXI files.
+PtychoPINN NPZ; without a test file, a split of the training scan, see
+:func:`ptycho_torch.data.measured_sets`) to those two CXI files, simulating nothing.
 
 Photon scaling: the noise-free intensities ``|F(P * O_patch)|^2`` of all patterns
 are scaled by one factor ``s`` so that the mean total expected counts per pattern
@@ -45,7 +46,7 @@ from ptycho_torch.config import (DataConfig, DetectorConfig, ExperimentConfig, O
                                  ScanConfig)
 from ptycho_torch.config_factory import ConfigError
 from ptycho_torch.data import (MASK_DEAD, MASK_INVALID, MASK_SHADOWED, PtychoData, load_image,
-                               load_probe, read_data, write_cxi)
+                               load_probe, measured_sets, write_cxi)
 from ptycho_torch.reports import StepReport
 
 SUBPIXEL_STEPS = 8      # scan positions are multiples of 1/8 px
@@ -434,7 +435,7 @@ def run(cfg: ExperimentConfig, train_out: Path, test_out: Path) -> dict:
     """Simulate (or convert) and write the train and test sets; returns key numbers."""
     d, workers = cfg.data, cfg.execution.threads or os.cpu_count() or 1
     if d.source == "file":
-        train, test = read_data(d.train_file, d), read_data(d.test_file, d)
+        train, test = measured_sets(d)
     else:
         train = simulate_dataset(d, d.object.train_size_px, (cfg.seed, 0), workers)
         test = simulate_dataset(d, d.object.test_size_px, (cfg.seed, 1), workers)
@@ -443,10 +444,13 @@ def run(cfg: ExperimentConfig, train_out: Path, test_out: Path) -> dict:
     numbers = {"source": d.source, "train_patterns": len(train.counts),
                "test_patterns": len(test.counts), "N": train.N,
                "object_pixel_size_nm": train.object_pixel_size_m * 1e9,
-               "mean_counts_per_pattern_train": float(train.counts.sum(axis=(1, 2)).mean()),
-               "nphotons": d.nphotons}
-    if d.source == "simulate":
-        numbers.update({"scan_kind": d.scan.kind, "scan_step_px": train.attrs["scan_step_px"],
+               "mean_counts_per_pattern_train": float(train.counts.sum(axis=(1, 2)).mean())}
+    if d.source == "file":
+        numbers.update({"train_file": d.train_file, "test_file": d.test_file or
+                        (f"held out: {d.test_fraction} of train_file" if d.test_fraction
+                         else "the training scan itself")})
+    else:
+        numbers.update({"nphotons": d.nphotons, "scan_kind": d.scan.kind, "scan_step_px": train.attrs["scan_step_px"],
                         "probe_kind": d.probe.kind,
                         "probe_diameter_px": train.attrs["probe_diameter_px"],
                         "masked_pixels": int((train.mask != 0).sum())})
@@ -463,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body(cfg: ExperimentConfig, rep: StepReport) -> None:
+        if cfg.data.source == "file":  # the measured files are this step's inputs
+            rep.inputs += [Path(p) for p in (cfg.data.train_file, cfg.data.test_file) if p]
         numbers = run(cfg, args.train_out, args.test_out)
         rep.record(numbers)
         verb = "converted" if cfg.data.source == "file" else "simulated"

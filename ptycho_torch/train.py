@@ -16,41 +16,54 @@ loss trajectory. Only rank 0 writes the products, the resume state and the repor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import logging
+import math
 import os
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import distributed as dist
 
 from ptycho_torch import cli, figures, physics
-from ptycho_torch.config import ExecutionConfig, ExperimentConfig
+from ptycho_torch.config import ExecutionConfig, ExperimentConfig, TrainingConfig
 from ptycho_torch.config_factory import (ConfigError, config_hash, create_training_payload,
                                          payload_from_json)
 from ptycho_torch.data import DataFileError, PtychoData, read_cxi
-from ptycho_torch.grouping import group_indices, relative_offsets
-from ptycho_torch.model import PtychoPINN, input_scale, physics_loss, save_checkpoint
+from ptycho_torch.grouping import (group_indices, grouping_problems, relative_offsets,
+                                   split_positions)
+from ptycho_torch.model import (PtychoPINN, ValidPixels, autocast, input_scale,
+                                 load_checkpoint, physics_loss, save_checkpoint)
 from ptycho_torch.reports import StepReport, write_atomic
 
 LOG = logging.getLogger("ptycho_torch")
 RESUME_FILE = "resume_state.pt"  # training state after the last finished epoch; removed at the end
+LAST_GOOD_FILE = "model_last_good.pt"  # in the evidence directory, after a divergence
 
 
 def setup_execution(ex: ExecutionConfig) -> torch.device:
-    """Apply threads/determinism and pick the device (``auto``: CUDA if visible)."""
+    """Apply threads/determinism and pick the device (``auto``: CUDA if visible).
+
+    Deterministic cuBLAS needs a fixed workspace: ``CUBLAS_WORKSPACE_CONFIG`` is set
+    (unless it is already) before any CUDA work.
+    """
     if ex.threads:
         torch.set_num_threads(ex.threads)
-    torch.use_deterministic_algorithms(ex.deterministic)
     if ex.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError(["execution.device: 'cuda' was asked for but no CUDA device is "
                            "visible (use 'auto' or 'cpu')"])
-    return torch.device("cuda" if ex.device != "cpu" and torch.cuda.is_available() else "cpu")
+    device = torch.device("cuda" if ex.device != "cpu" and torch.cuda.is_available() else "cpu")
+    if ex.deterministic and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(ex.deterministic)
+    return device
 
 
 @dataclass(frozen=True)
@@ -156,8 +169,32 @@ def _rank0_says(flag: bool, device: torch.device) -> bool:
     return bool(value.item())
 
 
+class TrainingDiverged(cli.StepFailed):
+    """The loss became NaN or infinite: training stopped.
+
+    ``model`` holds the weights after the last finished epoch (``history[-1]``; the
+    initial weights when it failed in the first epoch), on the CPU.
+    """
+
+    def __init__(self, message: str, model: PtychoPINN, history: list[dict[str, float]],
+                 input_scale: float):
+        super().__init__(message)
+        self.model, self.history, self.input_scale = model, history, input_scale
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Groups of scan positions and what the loss compares them with, on the device."""
+    groups: torch.Tensor  # [G, C] indices into the counts, column 0 = the anchor
+    offsets: torch.Tensor  # [G, C, 2] px, member minus group centroid
+    targets: torch.Tensor | None  # [G, C, N, N] ground-truth patches (supervised), else None
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+
 def _targets(cfg: ExperimentConfig, data: PtychoData, groups: torch.Tensor) -> torch.Tensor | None:
-    """Ground-truth patches ``[n, C, N, N]`` for supervised training (None for the PINN)."""
+    """Ground-truth patches ``[G, C, N, N]`` for supervised training (None for the PINN)."""
     if cfg.training.mode == "pinn":
         return None
     if data.ground_truth is None:
@@ -168,31 +205,149 @@ def _targets(cfg: ExperimentConfig, data: PtychoData, groups: torch.Tensor) -> t
     return patches.reshape(*groups.shape, data.N, data.N).to(groups.device)
 
 
+def make_samples(cfg: ExperimentConfig, data: PtychoData,
+                 device: torch.device) -> tuple[Samples, Samples | None]:
+    """Training groups and, with ``training.validation_fraction``, validation groups.
+
+    The held-out positions (:func:`grouping.split_positions`) are grouped among
+    themselves, one group per position; the training groups among the others
+    (``training.n_groups``, ``oversampling``). No pattern is in both.
+    """
+    positions, t = data.positions_px, cfg.training
+    problems = grouping_problems(len(positions), cfg)
+    if problems:
+        raise ConfigError(problems)
+    train_idx, val_idx = split_positions(len(positions), t.validation_fraction, cfg.seed)
+
+    def samples(idx: np.ndarray, n_groups: int, oversampling: bool) -> Samples:
+        local = group_indices(positions[idx], cfg.model.gridsize ** 2, cfg.model.n_neighbours,
+                              cfg.seed, n_groups, oversampling)
+        groups = idx[local]
+        offsets = torch.from_numpy(relative_offsets(positions, groups)).to(device)
+        groups_t = torch.from_numpy(groups).to(device)
+        return Samples(groups_t, offsets, _targets(cfg, data, groups_t))
+
+    train = samples(train_idx, t.n_groups, t.oversampling)
+    return train, samples(val_idx, 0, False) if len(val_idx) else None
+
+
+def make_scheduler(opt: torch.optim.Optimizer, t: TrainingConfig):
+    """The learning-rate schedule of ``training.lr_schedule``, stepped once per epoch.
+
+    With ``E`` epochs, ``w`` warm-up epochs, ``lr`` and ``f = lr_final_fraction``, epoch
+    ``e`` (from 0) runs at: ``lr (e + 1) / (w + 1)`` for ``e < w``, then ``lr`` (constant),
+    ``lr f^((e - w) / (E - w))`` (exponential) or ``lr (f + (1 - f)(1 + cos(pi (e - w) /
+    (E - w))) / 2)`` (cosine); plateau starts at ``lr`` and multiplies it by
+    ``plateau_factor`` (not below ``lr f``) after more than ``plateau_patience`` epochs
+    without a new best loss (``ReduceLROnPlateau``, stepped with the epoch's loss).
+    """
+    sched = torch.optim.lr_scheduler
+    lr, w = t.learning_rate, t.warmup_epochs
+    if t.lr_schedule == "plateau":
+        return sched.ReduceLROnPlateau(opt, factor=t.plateau_factor, patience=t.plateau_patience,
+                                       min_lr=lr * t.lr_final_fraction)
+    span, f = max(t.epochs - w, 1), t.lr_final_fraction
+    main = {"constant": lambda: sched.ConstantLR(opt, factor=1.0, total_iters=0),
+            "exponential": lambda: sched.ExponentialLR(opt, gamma=f ** (1 / span)),
+            "cosine": lambda: sched.CosineAnnealingLR(opt, T_max=span, eta_min=lr * f),
+            }[t.lr_schedule]
+    if not w:
+        return main()
+    warmup = sched.LinearLR(opt, start_factor=1 / (w + 1), end_factor=1.0, total_iters=w)
+    return sched.SequentialLR(opt, [warmup, main()], milestones=[w])
+
+
+def batch_loss(net: torch.nn.Module, samples: Samples, idx: torch.Tensor, counts: torch.Tensor,
+               probe: torch.Tensor, scale: float, loss: str,
+               pixels: ValidPixels) -> torch.Tensor:
+    """Loss of the groups ``idx`` of ``samples``: the physics loss on their counts over the
+    valid ``pixels`` (PINN), or the L1 distance to their ground-truth patches (supervised).
+    ``counts [n, N, N]``."""
+    x = counts[samples.groups[idx]]
+    if samples.targets is None:
+        return physics_loss(net, probe, x, samples.offsets[idx], scale, loss, pixels)
+    return (net(x.sqrt() / scale, samples.offsets[idx]) - samples.targets[idx]).abs().mean()
+
+
+@torch.no_grad()
+def validation_loss(model: PtychoPINN, samples: Samples, loss_of: Callable[..., torch.Tensor],
+                    batch_size: int, precision_ctx: Callable) -> float:
+    """Mean loss over all groups of ``samples`` (batches of ``batch_size``), no gradients."""
+    total = 0.0
+    for start in range(0, len(samples), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(samples)),
+                           device=samples.groups.device)
+        with precision_ctx():
+            total += loss_of(model, samples, idx).item() * len(idx)
+    return total / len(samples)
+
+
+@dataclass
+class Progress:
+    """What the loop carries from epoch to epoch besides the optimiser (part of the resume
+    state): the history, and the best validation loss with its epoch and weights (early
+    stopping)."""
+    history: list[dict[str, float]]
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+
+
+def _training_state(cfg: ExperimentConfig, model: PtychoPINN, opt: torch.optim.Optimizer,
+                    sched, scaler: torch.amp.GradScaler, gen: torch.Generator,
+                    progress: Progress) -> dict:
+    return {"config_hash": config_hash(cfg), "model": model.state_dict(),
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "scaler": scaler.state_dict(), "generator": gen.get_state(),
+            "history": progress.history, "best_loss": progress.best_loss,
+            "best_epoch": progress.best_epoch, "best_state": progress.best_state}
+
+
 def _resume(path: Path | None, cfg: ExperimentConfig, model: PtychoPINN,
-            opt: torch.optim.Optimizer, sched, gen: torch.Generator) -> list[dict[str, float]]:
+            opt: torch.optim.Optimizer, sched, scaler: torch.amp.GradScaler,
+            gen: torch.Generator) -> Progress:
     """Restore the state saved after the last finished epoch, if it belongs to this config."""
     if path is None or not path.exists():
-        return []
+        return Progress([])
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("config_hash") != config_hash(cfg):
         LOG.warning("ignoring %s: it belongs to another configuration", path)
-        return []
+        return Progress([])
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
     gen.set_state(state["generator"])
+    device = next(model.parameters()).device
+    best = state["best_state"]
     LOG.info("resuming from %s after epoch %d", path, len(state["history"]))
-    return state["history"]
+    return Progress(state["history"], state["best_loss"], state["best_epoch"],
+                    None if best is None else {k: v.to(device) for k, v in best.items()})
 
 
-def _save_resume_state(path: Path, cfg: ExperimentConfig, model: PtychoPINN,
-                       opt: torch.optim.Optimizer, sched, gen: torch.Generator,
-                       history: list[dict[str, float]]) -> None:
+def _save_resume_state(path: Path, state: dict) -> None:
     buf = io.BytesIO()
-    torch.save({"config_hash": config_hash(cfg), "model": model.state_dict(),
-                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "generator": gen.get_state(), "history": history}, buf)
+    torch.save(state, buf)
     write_atomic(path, buf.getvalue())
+
+
+def _copy_state(model: PtychoPINN) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _diverged(what: str, model: PtychoPINN, last_good: dict[str, torch.Tensor],
+              history: list[dict[str, float]], scale: float) -> TrainingDiverged:
+    """The error for a non-finite loss, with the model restored to its last good weights."""
+    model.load_state_dict(last_good)
+    good = f"after epoch {history[-1]['epoch']}" if history else "at the start (no epoch finished)"
+    return TrainingDiverged(f"{what}: training stopped; the last good weights are those "
+                            f"{good} (try a lower training.learning_rate, "
+                            "training.grad_clip_norm > 0 or training.warmup_epochs > 0)",
+                            model.cpu(), history, scale)
+
+
+def _eta(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
 def train_model(cfg: ExperimentConfig, data: PtychoData, device: torch.device,
@@ -201,75 +356,170 @@ def train_model(cfg: ExperimentConfig, data: PtychoData, device: torch.device,
 
     PINN mode uses only the counts; supervised mode (the PtychoNN-style
     baseline) fits the ground-truth patches with an L1 loss, same network. With
-    ``resume_path`` the full training state is saved after every epoch and a
-    rerun continues from it, ending with the same weights as an uninterrupted run.
+    ``resume_path`` the full training state (model, optimiser, scheduler, loss
+    scaler, batch-order generator, history, early-stopping state) is saved after
+    every epoch and a rerun continues from it, ending with the same weights as an
+    uninterrupted run.
+
+    Each epoch: Adam steps on full batches of ``training.batch_size`` groups in a
+    seeded random order (gradients clipped to ``grad_clip_norm``), then the
+    validation loss on the held-out groups, the learning-rate schedule, one
+    progress line in the log. With ``early_stopping_patience`` training stops
+    after that many epochs without a new best validation loss, and the returned
+    model has the best epoch's weights. A NaN or infinite loss raises
+    :class:`TrainingDiverged` naming the epoch and step.
 
     Inside a process group (:func:`process_group`) the model is wrapped in
     DistributedDataParallel: every rank draws the same batch order and computes
     the loss on its equal share of each global batch, DDP averages the gradients
     (= the gradient of the global-batch mean loss) and the history holds the
-    global mean; only rank 0 writes the resume state.
+    global mean; every rank computes the whole validation loss (the same value),
+    only rank 0 writes the resume state.
     """
     rank, world = _rank_and_world()
+    t = cfg.training
+    if cfg.execution.precision == "float16" and device.type != "cuda":
+        raise ConfigError([f"execution.precision: float16 needs a CUDA device (training runs on "
+                           f"{device.type}; use bfloat16 there)"])
     torch.manual_seed(cfg.seed)
-    model = PtychoPINN(cfg.model, data.N).to(device)
-    groups = group_indices(data.positions_px, cfg.model.gridsize ** 2, cfg.model.n_neighbours,
-                           cfg.seed)
-    counts = torch.from_numpy(data.counts).to(device)  # [n, N, N]
-    offsets = torch.from_numpy(relative_offsets(data.positions_px, groups)).to(device)
-    groups = torch.from_numpy(groups).to(device)
-    targets = _targets(cfg, data, groups)
     probe = torch.from_numpy(data.probe).to(device)
+    model = PtychoPINN(cfg.model, data.N, probe).to(device)
+    if t.init_model:  # fine-tuning: start from these weights (a resume state below wins)
+        model.load_state_dict(load_checkpoint(t.init_model)["state_dict"])
+    counts = torch.from_numpy(data.counts).to(device)  # [n, N, N]
+    pixels = ValidPixels.of(data).to(device)  # detector mask and saturation
+    train_set, val_set = make_samples(cfg, data, device)
     scale = input_scale(counts)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.training.learning_rate)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(  # per epoch, down to lr / 20
-        opt, T_max=max(cfg.training.epochs, 1), eta_min=cfg.training.learning_rate / 20)
+    opt = torch.optim.Adam(model.parameters(), lr=t.learning_rate)
+    sched = make_scheduler(opt, t)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.execution.precision == "float16")
     gen = torch.Generator().manual_seed(cfg.seed)
-    history = _resume(resume_path, cfg, model, opt, sched, gen)
+    progress = _resume(resume_path, cfg, model, opt, sched, scaler, gen)
+    history = progress.history
     # DDP's constructor is a collective: no rank passes it before all have read the resume
     # state, so rank 0 cannot overwrite that file under another rank.
     net = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
-    bs, n = cfg.training.batch_size, len(groups)
+    bs, n = t.batch_size, len(train_set)
     check_batch_size(bs, world)
     lo, hi = rank * (bs // world), (rank + 1) * (bs // world)  # this rank's share
+    steps = n // bs  # the ragged last batch is dropped
+
+    def loss_of(network: torch.nn.Module, samples: Samples, idx: torch.Tensor) -> torch.Tensor:
+        return batch_loss(network, samples, idx, counts, probe, scale, t.loss, pixels)
+
+    def precision() -> contextlib.AbstractContextManager:
+        return autocast(device, cfg.execution.precision)
+
+    last_good = _copy_state(model)
     t0 = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
-    for epoch in range(len(history) + 1, cfg.training.epochs + 1):
+    first_epoch, session_start = len(history) + 1, time.perf_counter()
+    for epoch in range(first_epoch, t.epochs + 1):
+        epoch_start = time.perf_counter()
         order, total = torch.randperm(n, generator=gen), 0.0
-        for start in range(0, n - bs + 1, bs):  # drop the ragged last batch
-            idx = order[start + lo:start + hi].to(device)
-            if targets is None:
-                loss = physics_loss(net, probe, counts[groups[idx]], offsets[idx], scale,
-                                    cfg.training.loss)
-            else:
-                pred = net(counts[groups[idx]].sqrt() / scale, offsets[idx])
-                loss = (pred - targets[idx]).abs().mean()
+        for step in range(1, steps + 1):
+            idx = order[(step - 1) * bs + lo:(step - 1) * bs + hi].to(device)
+            with precision():
+                loss = loss_of(net, train_set, idx)
             value = loss if world == 1 else _global_mean(loss, world)  # every rank checks it
             if not torch.isfinite(value):
-                raise FloatingPointError(f"training loss became {value.item()} at epoch {epoch}")
+                raise _diverged(f"training loss became {value.item()} at epoch {epoch}, step "
+                                f"{step} of {steps}", model, last_good, history, scale)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            if t.grad_clip_norm:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip_norm)
+            scaler.step(opt)
+            scaler.update()
             total += value.item() * bs
-        sched.step()
+        val = math.nan if val_set is None else validation_loss(model, val_set, loss_of, bs,
+                                                                precision)
+        if not (math.isfinite(val) or val_set is None) or \
+                not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise _diverged(f"validation loss became {val} (or a weight non-finite) after "
+                            f"epoch {epoch}", model, last_good, history, scale)
+        lr = opt.param_groups[0]["lr"]  # the rate this epoch ran at
+        train_loss = total / (steps * bs)
+        if t.lr_schedule == "plateau":
+            sched.step(train_loss if val_set is None else val)
+        else:
+            sched.step()
         elapsed = time.perf_counter() - t0
-        history.append({"epoch": epoch, "loss": total / (n - n % bs), "seconds": elapsed})
-        LOG.info("epoch %d/%d loss %.5f (%.1f s)", epoch, cfg.training.epochs,
-                 history[-1]["loss"], elapsed)
+        history.append({"epoch": epoch, "loss": train_loss, "val_loss": val, "lr": lr,
+                        "seconds": elapsed, "patterns": steps * bs})
+        last_good = _copy_state(model)
+        if val < progress.best_loss:
+            progress.best_loss, progress.best_epoch = val, epoch
+            progress.best_state = last_good if t.early_stopping_patience else None
+        now = time.perf_counter()
+        per_epoch = (now - session_start) / (epoch - first_epoch + 1)
+        LOG.info("epoch %d/%d loss %.5f%s lr %.3g | %.0f patterns/s | %.1f s, ETA %s", epoch,
+                 t.epochs, train_loss, "" if val_set is None else f" val_loss {val:.5f}", lr,
+                 steps * bs / max(now - epoch_start, 1e-9), elapsed,
+                 _eta(per_epoch * (t.epochs - epoch)))
         if resume_path is not None and rank == 0:
-            _save_resume_state(resume_path, cfg, model, opt, sched, gen, history)
-        over = bool(cfg.training.max_minutes) and elapsed > 60 * cfg.training.max_minutes
-        if world > 1 and cfg.training.max_minutes:  # clocks differ: all stop when rank 0 does
+            _save_resume_state(resume_path, _training_state(cfg, model, opt, sched, scaler, gen,
+                                                            progress))
+        if t.early_stopping_patience and epoch - progress.best_epoch >= t.early_stopping_patience:
+            LOG.info("early stopping after epoch %d: no better validation loss than %.5f "
+                     "(epoch %d) for %d epochs", epoch, progress.best_loss,
+                     progress.best_epoch, t.early_stopping_patience)
+            break
+        over = bool(t.max_minutes) and elapsed > 60 * t.max_minutes
+        if world > 1 and t.max_minutes:  # clocks differ: all stop when rank 0 does
             over = _rank0_says(over, device)
         if over:
             LOG.warning("stopping after %d epochs: training.max_minutes reached", epoch)
             break
+    if progress.best_state is not None:
+        model.load_state_dict(progress.best_state)
+        LOG.info("keeping the weights of epoch %d (best validation loss %.5f)",
+                 progress.best_epoch, progress.best_loss)
     return model.cpu(), history, scale
 
 
+def patterns_per_second(history: list[dict[str, float]]) -> float:
+    """Training throughput: group anchors stepped through per second of training."""
+    if not history:
+        return 0.0
+    return sum(h["patterns"] for h in history) / max(history[-1]["seconds"], 1e-9)
+
+
+def trained_physics(model: PtychoPINN, probe: np.ndarray) -> dict[str, float]:
+    """The learned physics, for the report: the intensity scale ``s`` and the photons per
+    exposure ``sum |s P|^2`` of the probe the model predicts counts with (data's: ``probe``)."""
+    out = {}
+    if model.log_intensity_scale is not None:
+        out["intensity_scale"] = float(model.log_intensity_scale.detach().exp())
+    if model.probe is not None or model.log_intensity_scale is not None:
+        out["model_probe_photons"] = float(np.square(np.abs(model.probe_for_data(probe))).sum())
+    return out
+
+
+def keep_last_good(exc: TrainingDiverged, cfg: ExperimentConfig, rep: StepReport) -> Path:
+    """After a divergence: the last good model, its history and loss curve into the step's
+    evidence directory (the declared products are removed, here and by Snakemake)."""
+    path = rep.directory / LAST_GOOD_FILE
+    save_checkpoint(path, exc.model, cfg, {"input_scale_train": exc.input_scale,
+                                           "epochs_run": len(exc.history)})
+    write_history(rep.directory / "history.csv", exc.history)
+    figures.loss_curve(rep.directory / "loss.png", exc.history)
+    rep.record({"diverged": str(exc), "last_good_epoch": len(exc.history),
+                "last_good_model": str(path)})
+    return path
+
+
+HISTORY_COLUMNS = ("epoch", "loss", "val_loss", "lr", "seconds")
+
+
 def write_history(path: Path, history: list[dict[str, float]]) -> None:
-    lines = ["epoch,loss,seconds"] + [f"{h['epoch']},{h['loss']:.8g},{h['seconds']:.3f}"
-                                      for h in history]
+    """``history.csv``: one row per epoch; ``val_loss`` is ``nan`` without a validation split,
+    ``lr`` the learning rate the epoch ran at, ``seconds`` the wall time since the start."""
+    fmt = {"epoch": "{:d}", "loss": "{:.8g}", "val_loss": "{:.8g}", "lr": "{:.8g}",
+           "seconds": "{:.3f}"}
+    lines = [",".join(HISTORY_COLUMNS)] + [",".join(fmt[c].format(h[c]) for c in HISTORY_COLUMNS)
+                                           for h in history]
     write_atomic(path, "\n".join(lines) + "\n")
 
 
@@ -307,11 +557,17 @@ def main(argv: list[str] | None = None) -> int:
         device = setup_execution(cfg.execution)
         data = read_cxi(args.data)  # before joining: a bad file stops every rank alike
         resume = args.out_dir / RESUME_FILE
-        with process_group(launch, device) as device:
-            backend = dist.get_backend() if launch else "none"
-            t0 = time.perf_counter()
-            model, history, scale = train_model(cfg, data, device, resume)
-            seconds = time.perf_counter() - t0
+        try:
+            with process_group(launch, device) as device:
+                backend = dist.get_backend() if launch else "none"
+                t0 = time.perf_counter()
+                model, history, scale = train_model(cfg, data, device, resume)
+                seconds = time.perf_counter() - t0
+        except TrainingDiverged as exc:
+            if rep is None:
+                raise
+            raise cli.StepFailed(f"{exc}. Last good model: {keep_last_good(exc, cfg, rep)}") \
+                from None
         if rep is None:
             return  # ranks other than 0 write nothing
         save_checkpoint(products[0], model, cfg, {"input_scale_train": scale,
@@ -323,10 +579,13 @@ def main(argv: list[str] | None = None) -> int:
         rep.record({"mode": cfg.training.mode, "patterns": len(data.counts),
                     "epochs": len(history),
                     "final_loss": history[-1]["loss"] if history else float("nan"),
+                    "final_val_loss": history[-1]["val_loss"] if history else float("nan"),
                     "train_seconds": seconds,
-                    "patterns_per_second": len(data.counts) * len(history) / max(seconds, 1e-9),
+                    "patterns_per_second": patterns_per_second(history),
                     "parameters": sum(p.numel() for p in model.parameters()),
-                    "device": str(device),
+                    **trained_physics(model, data.probe),
+                    "device": str(device), "threads": torch.get_num_threads(),
+                    "precision": cfg.execution.precision,
                     "world_size": launch.world_size if launch else 1,
                     "distributed": backend})
         rep.verdict = (f"trained ({cfg.training.mode}) {len(history)} epochs on "
@@ -338,6 +597,8 @@ def main(argv: list[str] | None = None) -> int:
             body(load(args), None)
         except (ConfigError, DataFileError):
             return 2  # rank 0 prints the problems
+        except cli.StepFailed:
+            return 1  # rank 0 reports it
         return 0
     return cli.run_step("train", args, products, body, load_config=load,
                         inputs=[args.payload, args.data])

@@ -18,7 +18,7 @@ from ptycho_torch.reports import RUN_ID_PATTERN, StepReport, load_manifest, sha2
 
 EXP = "tiny"
 QUALITY = [f"{p}.{k}" for p in compare.PARTS for k in compare.METRICS]
-BASELINE_RULES = {"baseline_train", "baseline_infer", "comparison"}
+BASELINE_RULES = {"baseline_train", "baseline_infer", "iterative", "comparison"}
 
 
 # ---------------------------------------------------------------- the table builder
@@ -136,6 +136,66 @@ def test_unknown_cost_ties_and_unequal_training_are_stated(two_methods):
     assert "NOT like for like: different epochs" in c["verdict"]
 
 
+def convergence(points: list[tuple[int, float, float, float]]) -> list[dict]:
+    """A convergence curve as the iterative step writes it: (epoch, seconds, amplitude
+    PSNR, phase PSNR) per checkpoint."""
+    return [{"epoch": e, "seconds": t, "amplitude": {"psnr": a, "ssim": 0.5, "frc50": 0.1},
+             "phase": {"psnr": p, "ssim": 0.5, "frc50": 0.1}} for e, t, a, p in points]
+
+
+def test_time_to_reach_is_the_first_checkpoint_at_or_above_every_target():
+    curve = convergence([(1, 0.5, 15.0, 8.0), (2, 1.0, 21.0, 11.0), (4, 2.0, 22.0, 12.5),
+                         (8, 4.0, 25.0, 14.0)])
+    # amplitude first reaches 20 dB at epoch 2, but phase 12 dB only at epoch 4
+    assert compare.time_to_reach(curve, {"amplitude": 20.0, "phase": 12.0}) == {
+        "reached": True, "epoch": 4, "seconds": 2.0}
+    assert compare.time_to_reach(curve, {"amplitude": 20.0}) == {
+        "reached": True, "epoch": 2, "seconds": 1.0}
+    assert compare.time_to_reach(curve, {"amplitude": 25.1, "phase": 1.0}) == {"reached": False}
+
+
+def test_the_iterative_curve_is_matched_against_each_other_method(two_methods):
+    """Method it (a convergence curve, no model) against a (amplitude 20 dB, phase 10 dB,
+    0.5 s) and b (18 dB, 12 dB, 0.2 s)."""
+    it = json.loads(Path("results/a/metrics.json").read_text())
+    it["convergence"] = convergence([(1, 0.4, 17.0, 9.0), (2, 0.9, 19.0, 12.0),
+                                     (3, 1.5, 20.0, 12.0)])
+    Path("results/it").mkdir()
+    Path("results/it/metrics.json").write_text(json.dumps(it))
+    rows = [compare.method_entry(n, Path(f"results/{n}/metrics.json"),
+                                 Path(f"results/{n}/model.pt") if n != "it" else None,
+                                 Path("reports")) for n in ("a", "b", "it")]
+    c = compare.build_comparison(rows, EXP)
+    got = {q["matches"]: q for q in c["time_to_quality"]}
+    assert set(got) == {"a", "b"} and all(q["method"] == "it" for q in got.values())
+    assert (got["a"]["epoch"], got["a"]["seconds"]) == (3, 1.5)  # 20 and 10 dB: epoch 3
+    assert (got["b"]["epoch"], got["b"]["seconds"]) == (2, 0.9)  # 18 and 12 dB: epoch 2
+    assert got["a"]["speedup_of_matched"] == pytest.approx(1.5 / 0.5)
+    assert got["b"]["speedup_of_matched"] == pytest.approx(0.9 / 0.2)
+    assert "it matched a's PSNR after 3 epochs, 1.5 s" in c["verdict"]
+    text = "\n".join(compare.table_lines(c))
+    assert "| it | b's PSNR (amplitude 18 dB, phase 12 dB) | 2 | 0.9 | 0.2 | 4.5 |" in text
+
+
+def test_an_unavailable_method_keeps_its_row_and_the_rest_is_compared(two_methods):
+    Path("results/it").mkdir()
+    reason = "pty-chi not installed: run `make iterative`"
+    Path("results/it/metrics.json").write_text(json.dumps({"unavailable": reason}))
+    rows = [compare.method_entry("a", Path("results/a/metrics.json"), Path("results/a/model.pt"),
+                                 Path("reports")),
+            compare.method_entry("b", Path("results/b/metrics.json"), Path("results/b/model.pt"),
+                                 Path("reports")),
+            compare.method_entry("it", Path("results/it/metrics.json"), None, Path("reports"))]
+    c = compare.build_comparison(rows, EXP)
+    assert c["unavailable"] == {"it": reason}
+    assert all("it" not in c["winners"][q] for q in QUALITY)
+    assert c["verdict"].startswith("a better on 3 of 6 quality metrics")
+    assert "it not available (pty-chi not installed)" in c["verdict"]
+    assert f"| it | not available: {reason} | n/a | n/a |" in "\n".join(compare.table_lines(c))
+    compare.figure(Path("c.png"), c)
+    assert Path("c.png").stat().st_size > 5000
+
+
 # ---------------------------------------------------------------- the CLI
 
 def test_cli_help():
@@ -212,8 +272,15 @@ def test_the_switch_puts_the_comparison_before_the_default_report(workflow_copy)
 
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory) -> tuple[Path, Path]:
-    """One `snakemake compare` run of the tiny experiment: (workdir, run directory)."""
+    """One `snakemake compare` run of the tiny experiment, pty-chi hidden from its steps:
+    (workdir, run directory). The steps run as `python -m` in the workdir, so a package
+    `ptychi` there that fails to import stands for pty-chi not being installed (the
+    iterative method is covered with pty-chi by tests/test_iterative.py and
+    tests/test_studies.py)."""
     workdir = copy_workflow(tmp_path_factory.mktemp("compare"))
+    (workdir / "ptychi").mkdir()
+    (workdir / "ptychi" / "__init__.py").write_text(
+        'raise ImportError("pty-chi hidden by tests/test_compare.py")\n')
     out = run_snakemake(workdir, "compare", "--configfile", TINY)
     assert out.returncode == 0, out.stdout
     (run_dir,) = [p for p in (workdir / "reports").iterdir() if RUN_ID_PATTERN.match(p.name)]
@@ -221,10 +288,16 @@ def compared(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-def test_compare_run_scores_both_methods(compared):
+def test_compare_run_scores_both_methods_and_says_the_iterative_one_is_missing(compared):
     workdir, _ = compared
     c = json.loads((workdir / f"results/{EXP}/compare/comparison.json").read_text())
-    assert [m["name"] for m in c["methods"]] == ["pinn", "supervised"]
+    assert [m["name"] for m in c["methods"]] == ["pinn", "supervised", "iterative"]
+    iterative = c["methods"].pop()
+    assert iterative["unavailable"].startswith("pty-chi not installed: run `make iterative`")
+    assert "pty-chi hidden by tests/test_compare.py" in iterative["unavailable"]
+    assert c["unavailable"] == {"iterative": iterative["unavailable"]}
+    log = (workdir / f"results/{EXP}/iterative/metrics.json").read_text()
+    assert "pty-chi not installed" in log
     for m in c["methods"]:
         for part in compare.PARTS:
             assert set(m[part]) == set(compare.METRICS)
@@ -239,7 +312,8 @@ def test_compare_run_scores_both_methods(compared):
 def test_compare_run_puts_the_table_in_the_run_index(compared):
     workdir, run_dir = compared
     index = (run_dir / "index.md").read_text()
-    assert "## Method comparison: pinn vs supervised" in index
+    assert "## Method comparison: pinn vs supervised vs iterative" in index
+    assert "| iterative | not available: pty-chi not installed" in index
     assert "| pinn | pinn, 64 patterns x 2 epochs |" in index
     assert "| supervised | supervised, 64 patterns x 2 epochs |" in index
     assert "**Verdict:**" in index and f"]({EXP}/report/comparison.png)" in index

@@ -214,3 +214,32 @@ def test_real_damage_is_detected(truth: np.ndarray, self_score: dict, damage: st
     s = M.score(bad, truth, remove_ramp=True)
     assert min(s["amplitude"]["ssim"], s["phase"]["ssim"]) < 0.95
     assert s["amplitude"]["frc50"] < self_score["amplitude"]["frc50"]
+
+
+def test_apply_alignment_redoes_what_align_did(big: np.ndarray, truth: np.ndarray) -> None:
+    recon = 1.4 * _displaced(big, (0.8, -1.7)) * np.exp(1j * 0.6)
+    aligned, cropped, info = M.align(recon, truth)
+    assert info["crop_px"] == 3
+    again, cropped_again = M.apply_alignment(recon, truth, info)
+    np.testing.assert_array_equal(cropped_again, cropped)
+    np.testing.assert_allclose(again, aligned, atol=1e-12)
+    with pytest.raises(ValueError, match="phase ramp"):
+        M.apply_alignment(recon, truth, M.align(recon, truth, remove_ramp=True)[2])
+
+
+def test_frc_crossing_does_not_depend_on_the_dc_ring() -> None:
+    freq = np.array([0.0, 0.1, 0.2, 0.3])
+    for dc in (-1.0, 0.0, 1.0):  # after mean subtraction ring 0 holds rounding noise
+        assert M.frc_threshold_crossing(freq, np.array([dc, 0.3, 0.2, 0.1]), 0.5) == pytest.approx(
+            0.1 * (1.0 - 0.5) / (1.0 - 0.3))
+
+
+def test_score_keeps_the_frc_curves_behind_its_numbers(truth: np.ndarray) -> None:
+    rng = np.random.default_rng(4)
+    s = M.score(truth + 0.05 * rng.standard_normal(truth.shape), truth)
+    curves = s["frc_curves"]
+    freq = np.asarray(curves["freq_cycles_per_px"])
+    assert freq[0] == 0.0 and freq[-1] == 0.5
+    for part in ("amplitude", "phase"):
+        for key, threshold in (("frc50", 0.5), ("frc_1_7", 1 / 7)):
+            assert M.frc_threshold_crossing(freq, np.asarray(curves[part]), threshold) == s[part][key]

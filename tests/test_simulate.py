@@ -400,7 +400,9 @@ def test_image_object_is_deterministic(tmp_path):
 @pytest.mark.parametrize("settings,key", [
     ({"data.object.kind": "image"}, "data.object.amplitude_file"),
     ({"data.probe.kind": "file"}, "data.probe.file"),
-    ({"data.source": "file", "data.train_file": "a.npz"}, "data.test_file"),
+    ({"data.source": "file"}, "data.train_file"),
+    ({"data.source": "file", "data.train_file": "a.npz", "data.test_file": "b.npz",
+      "data.test_fraction": 0.2}, "data.test_fraction"),
     ({"data.probe.kind": "gaussian", "data.probe.fwhm_px": 20.0}, "data.probe.fwhm_px"),
     ({"data.detector.beamstop_radius_px": 16.0}, "data.detector.beamstop_radius_px"),
     ({"data.object.amplitude_file": "bad\nname.png"}, "data.object.amplitude_file"),

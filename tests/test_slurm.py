@@ -60,11 +60,12 @@ MAIN_PROCESS_STEPS = declared_local_steps()  # today validate and report
 SLURM_STEPS = set(STEPS) - MAIN_PROCESS_STEPS
 FAILS_ONCE = "train"  # the step whose first SLURM job fails on purpose
 
-# What the test cluster needs on top of the profile (a command-line --set-resources
-# replaces the profile's whole set-resources: these are train's complete resources here).
+# What the test cluster needs on top of the profile (a command-line --set-resources or
+# --set-threads replaces the profile's whole entry: these are train's complete resources and
+# threads here; one thread, like the local run whose products must match byte for byte).
 TEST_CLUSTER_ARGS = (
     "--set-resources", "train:gpu=0", "train:cpus_per_task=1", "train:mem_mb=2000",
-    "train:runtime=10",
+    "train:runtime=10", "--set-threads", "train=1",
     "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
 )
 RUN_TIMEOUT_S = 300  # a hang (e.g. sacct without accounting) must fail, not block CI
@@ -286,6 +287,9 @@ def test_profile_settings():
     assert p["slurm-status-command"] == "squeue"  # sacct hangs where accounting is off
     train = p["set-resources"]["train"]
     assert train["gpu"] == 1 and {"cpus_per_task", "mem_mb", "runtime"} <= set(train)
+    for rule in ("train", "baseline_train"):  # each process's threads use the CPUs asked for
+        asked = p["set-resources"][rule]
+        assert p["set-threads"][rule] * asked["processes"] == asked["cpus_per_task"], rule
 
 
 def dry_run_resources(output: str) -> dict[str, dict[str, str]]:
@@ -309,7 +313,8 @@ def test_dry_run_without_slurm_shows_what_each_job_requests(tmp_path):
     env["PATH"] = str(bin_dir)
     out = subprocess.run(
         [shutil.which("timeout"), "-k", "5", "120", sys.executable, "-m", "snakemake",
-         "--profile", "profiles/slurm", "--dry-run"],
+         "--profile", "profiles/slurm", "--dry-run",
+         "--cores", "64"],  # a dry run caps threads at --cores (1); a cluster job at its node's
         cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert out.returncode == 0, out.stdout
     assert jobs_run(out.stdout) == {*STEPS, "all"}
@@ -317,6 +322,10 @@ def test_dry_run_without_slurm_shows_what_each_job_requests(tmp_path):
     train = profile()["set-resources"]["train"]
     expected = {k: str(eval(str(v), {"attempt": 1})) for k, v in train.items()}  # "120 * attempt"
     assert {k: resources["train"][k] for k in expected} == expected
+    threads = profile()["set-threads"]["train"]
+    block = re.search(r"^rule train:\n(.*?)^\S", out.stdout, re.MULTILINE | re.DOTALL).group(1)
+    assert re.search(rf"^\s+threads: {threads}$", block, re.MULTILINE), block
+    assert f"--threads {threads} " in out.stdout  # what the step's torch gets
     defaults = profile()["default-resources"]
     for step in SLURM_STEPS - {"train"}:
         assert resources[step]["mem_mb"] == str(defaults["mem_mb"])

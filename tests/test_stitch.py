@@ -11,9 +11,10 @@ import torch
 
 from ptycho_torch import physics
 from ptycho_torch.config import InferenceConfig
-from ptycho_torch.stitch import scanned_region, stitch
+from ptycho_torch.stitch import illumination, pair_overlaps, scanned_region, stitch
 
 N = 16
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +74,55 @@ def test_calibration_on_the_counts_undoes_patch_amplitude_scales(scene):
     after = _error_up_to_global_phase(calibrated[region], obj[region])
     assert after < before / 3, (before, after)
     assert record["calibration_loss_first_last"][1] < record["calibration_loss_first_last"][0]
+
+
+def test_calibration_ignores_counts_behind_the_beamstop_and_above_saturation(scene):
+    """Whatever the masked and clipped pixels hold, the calibration does not move; without
+    the detector's description they pull it elsewhere."""
+    from ptycho_torch.config import DetectorConfig
+    from ptycho_torch.model import ValidPixels
+    from ptycho_torch.simulate import apply_detector, detector_mask
+    obj, probe, pos, patches = scene
+    keep = (15 * np.arange(4)[:, None] + np.arange(4)).ravel()  # a 4 x 4 block of the raster
+    pos, patches = pos[keep], patches[keep]
+    counts = physics.forward_intensity(torch.from_numpy(probe), patches).numpy()
+    mask = detector_mask(N, DetectorConfig(beamstop_radius_px=1.5), np.random.default_rng(0))
+    saturation = float(np.quantile(counts[:, mask == 0], 0.98))
+    recorded = apply_detector(counts.copy(), mask, saturation)  # 0 behind the stop, clipped
+    other = recorded.copy()
+    other[:, mask != 0] = 7.0 * saturation  # other values where the detector tells nothing
+    other[recorded >= saturation] = 3.0 * saturation
+    scales = torch.from_numpy(np.random.default_rng(1).uniform(0.8, 1.25, 16))
+    scaled = patches * scales[:, None, None]
+    cfg, shape = dataclasses.replace(OFF, calibration_iterations=5), (32, 32)  # covers them
+    pixels = ValidPixels(torch.from_numpy(mask == 0), saturation)
+    a, record_a = stitch(scaled, pos, shape, probe, cfg, recorded, pixels)
+    b, record_b = stitch(scaled, pos, shape, probe, cfg, other, pixels)
+    assert np.array_equal(a, b) and record_a == record_b
+    unmasked, _ = stitch(scaled, pos, shape, probe, cfg, recorded)
+    assert not np.allclose(unmasked, a, rtol=0, atol=1e-4)
+
+
+def test_pair_overlaps_are_inner_products_of_the_placed_patches(scene):
+    """Against the definition, pair by pair: p_j on a canvas at an integer position, p_i
+    placed at that position + (pos_i - pos_j) (sub-pixel: jittered positions)."""
+    _, probe, pos, patches = scene
+    jittered = torch.from_numpy(pos + np.random.default_rng(2).uniform(-0.5, 0.5, pos.shape))
+    weight = torch.from_numpy(np.abs(probe) ** 2)
+    pairs = torch.tensor([[0, 1], [5, 20], [20, 5], [7, 7], [3, 40]])
+    got = pair_overlaps(patches, jittered, pairs, weight)
+    centre = torch.tensor([[40.0, 40.0]])
+    want = []
+    for i, j in pairs.tolist():
+        a = physics.place_patches(weight * patches[i:i + 1], centre + jittered[i] - jittered[j],
+                                  (80, 80))
+        b = physics.place_patches(weight * patches[j:j + 1], centre, (80, 80))
+        want.append((a * b.conj()).sum())
+    torch.testing.assert_close(got, torch.stack(want), rtol=1e-10, atol=1e-10)
+
+
+def test_illumination_holds_every_photon_of_every_position(scene):
+    obj, probe, pos, _ = scene
+    dose = illumination(probe, pos + 0.3, obj.shape)
+    assert dose.min() >= 0
+    assert dose.sum() == pytest.approx(len(pos) * np.sum(np.abs(probe) ** 2), rel=1e-12)

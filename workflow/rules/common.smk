@@ -138,8 +138,10 @@ def where_results_are() -> str:
         f"  reconstruction: {result('infer', 'reconstruction.h5')}",
         f"  figures:        {result('infer', 'reconstruction.png')}, {result('train', 'loss.png')}",
         f"  metrics:        {result('infer', 'metrics.json')}",
-        *([f"  comparison:     {result('compare', 'comparison.md')} (PINN vs supervised baseline)"]
+        *([f"  comparison:     {result('compare', 'comparison.md')} (PINN, supervised baseline, iterative)"]
           if Path(result("compare", "comparison.md")).is_file() else []),
+        *([f"  infer_file:     {INFER_FILE_DIR}/ ({INFER_FILE_DATA}, infer.smk)"]
+          if INFER_FILE_DATA and Path(INFER_FILE_DIR).is_dir() else []),
         f"  report:         {result('report', 'index.md')}",
         f"  evidence:       reports/{RUN_ID}/ (this run)" if ran else
         "  evidence:       nothing ran in this invocation; see reports/latest/",
@@ -162,6 +164,10 @@ envvars:
 
 REPORTS = f"reports/$PTYCHO_RUN_ID/{EXP}"  # + /<step>: expanded by the shell at run time
 EXECUTION = set_args("execution")
+# Torch threads of the training rules (`threads:`): Snakemake caps them at --cores and
+# `--set-threads train=N` changes them; the rule hands its {threads} to the step (`--threads`,
+# overriding execution.threads, which stays the value outside Snakemake).
+THREADS = max(1, config["execution"]["threads"])
 
 
 def train_shell(extra: str, report_dir: str) -> str:
@@ -171,6 +177,6 @@ def train_shell(extra: str, report_dir: str) -> str:
             " set -- -m torch.distributed.run --standalone --nproc_per_node {resources.processes};"
             " else set --; fi;"
             " {PYTHON:q} \"$@\" -m ptycho_torch.train --payload {input.payload} --data {input.data}"
-            f" --out-dir {{params.out_dir}} {extra} {{EXECUTION}}"
+            f" --out-dir {{params.out_dir}} {extra} {{EXECUTION}} --threads {{threads}}"
             f" --report-dir {report_dir}/train > {{log}} 2>&1")
 SCIENCE = config_json(*SCIENCE_SECTIONS)

@@ -1,4 +1,5 @@
-"""Method comparison: the PINN against the supervised PtychoNN-style baseline on the same data.
+"""Method comparison on the same test data: the PINN, the supervised PtychoNN-style baseline
+and the iterative pty-chi reference (iterative.smk; "not available" without pty-chi).
 
 The baseline is the same network, data, payload, number of patterns and epochs, trained with
 `training.mode=supervised` (L1 loss on ground-truth patches). Its products go to
@@ -23,16 +24,16 @@ When the comparison runs and how it reaches the run index:
   together with `report` or `all`: both reports would write the one report directory of the
   run (the second refuses).
 
-A later method (e.g. an iterative pty-chi reconstruction) adds its rule and one entry to
-METHODS: name -> (metrics.json, model.pt or None when nothing is trained).
+Another method adds its rule and one entry to METHODS: name -> (metrics.json, model.pt or
+None when nothing is trained), as the iterative reference does.
 """
 
 BASELINE_EXP = f"{EXP}_baseline"  # the baseline's experiment name (its evidence directory)
 BASELINE_REPORTS = f"reports/$PTYCHO_RUN_ID/{BASELINE_EXP}"  # + /<step>, expanded by the shell
 # The baseline's steps declare the threads torch uses (execution.threads), so the scheduler
 # does not squeeze another job onto their cores: the comparison's times would measure that
-# contention. (The train and infer rules declare none yet, i.e. one core each.)
-TIMED_THREADS = max(1, config["execution"]["threads"])
+# contention. (The train rule declares the same; the infer rule none yet, i.e. one core.)
+TIMED_THREADS = THREADS  # as the train rule (common.smk)
 
 
 def baseline(step: str, name: str = "") -> str:
@@ -94,6 +95,7 @@ rule baseline_infer:
 METHODS = {
     "pinn": (rules.infer.output.metrics, rules.train.output.model),
     "supervised": (rules.baseline_infer.output.metrics, rules.baseline_train.output.model),
+    "iterative": (rules.iterative.output.metrics, None),  # pty-chi (iterative.smk)
 }
 
 

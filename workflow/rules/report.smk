@@ -2,7 +2,8 @@ rule report:
     """Index of this run: steps, metrics, figures and the run that made each product."""
     input:
         metrics=rules.infer.output.metrics,
-        figures=[rules.train.output.loss, rules.infer.output.figure,
+        figures=[rules.train.output.loss, rules.infer.output.figure, rules.infer.output.frc,
+                 rules.infer.output.scan, rules.infer.output.quality,
                  *comparison_for_report(COMPARE)["figures"]],
         comparison=comparison_for_report(COMPARE)["json"],  # compare_baseline: true (compare.smk)
         products=[*rules.simulate.output, *rules.validate.output, *rules.train.output,

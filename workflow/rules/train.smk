@@ -14,6 +14,7 @@ rule train:
         log_path("train"),
     benchmark:
         benchmark_path("train")
+    threads: THREADS  # the step's torch threads (common.smk)
     resources:
         # Data-parallel training processes on one node, one per GPU (gloo on CPU); > 1 launches
         # them with torchrun. Set it where the GPUs are asked for (profiles/slurm/config.yaml)

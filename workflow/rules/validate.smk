@@ -1,8 +1,10 @@
 rule validate:
-    """Check the settings against both data files; write the resolved, hashed training payload."""
+    """Check the settings against both data files (and a fine-tuning start model); report
+    what the data hold; write the resolved, hashed training payload."""
     input:
         train=rules.simulate.output.train,
         test=rules.simulate.output.test,
+        init_model=[config["training"]["init_model"]] if config["training"]["init_model"] else [],
         code=step_sources("validate"),
     output:
         payload=result("validate", "payload.json"),

@@ -66,6 +66,24 @@ WORKFLOW_SETTINGS: dict[str, dict[str, Any]] = {
         "type": "boolean", "default": False,
         "description": "also train the supervised baseline, compare it with the PINN "
                        "(workflow/rules/compare.smk) and put the table in the run index"},
+    "infer_file_data": {
+        "type": "string", "default": "", "maxLength": 4096,
+        "description": "target infer_file: the data file to reconstruct (CXI or PtychoPINN "
+                       ".npz); results in results/<experiment>/infer_file/<file stem>/"},
+    "infer_file_model": {
+        "type": "string", "default": "", "maxLength": 4096,
+        "description": "target infer_file: the model.pt to reconstruct with "
+                       "('' = this experiment's trained model)"},
+    "study": {
+        "type": "object", "additionalProperties": False, "required": ["key", "values"],
+        "description": "a study (config/studies/*.yaml, workflow/rules/studies.smk): one "
+                       "experiment per value of one setting, the methods compared at each",
+        "properties": {
+            "key": {"type": "string", "pattern": r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$",
+                    "description": "the setting studied, as a dotted key (data.nphotons)"},
+            "values": {"type": "array", "minItems": 1,
+                       "items": {"type": ["number", "string", "boolean"]},
+                       "description": "its values, one experiment each, in plot order"}}},
 }
 
 

@@ -1,0 +1,123 @@
+"""Quality and time of the three methods: PINN, supervised baseline, iterative pty-chi reference.
+
+    python benchmarks/compare.py [--tiny] [--keep]
+
+Runs ``snakemake compare`` of the default experiment (or tests/configs/tiny.yaml with
+--tiny) from scratch in a temporary copy of the workflow: simulate, train the PINN and the
+supervised baseline, reconstruct the test set with both and with pty-chi, compare
+(``python -m ptycho_torch.compare``). From its ``comparison.json``:
+
+* per method: amplitude and phase PSNR (dB), training and reconstruction seconds (each
+  step's own measurement: the PINN's network + stitching, pty-chi's solver);
+* speed-up: the seconds pty-chi needed to reach the PINN's amplitude and phase PSNR (its
+  first scored checkpoint at or above both) over the PINN's reconstruction seconds (> 1:
+  the trained PINN reconstructs a new scan faster than pty-chi reaches its quality; null
+  when pty-chi did not reach it within ``iterative.epochs``);
+* quality gap: PINN minus pty-chi PSNR after all its epochs, amplitude and phase (dB);
+* wall: the whole ``snakemake compare`` invocation (all steps, training included).
+
+Without pty-chi (``make iterative``) the iterative figures are null. Timings on these
+shared machines vary by up to +-50 % between runs. Prints a table, then the same as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline import copy_workflow
+
+PARTS = ("amplitude", "phase")
+
+
+def run_compare(workdir: Path, tiny: bool) -> tuple[dict[str, Any], float]:
+    """``snakemake compare`` in ``workdir``: (its comparison.json, wall seconds)."""
+    args = ["--configfile", "tests/configs/tiny.yaml"] if tiny else []
+    env = {k: v for k, v in os.environ.items() if k != "PTYCHO_RUN_ID"}
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "profiles/local",
+                          "compare", *args], cwd=workdir, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if out.returncode:
+        sys.exit(f"snakemake compare failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    exp = "tiny" if tiny else "default"
+    return json.loads((workdir / f"results/{exp}/compare/comparison.json").read_text()), wall
+
+
+def summary(comparison: dict[str, Any], wall: float) -> dict[str, Any]:
+    """The headline figures of one comparison (see the module docstring)."""
+    methods = {m["name"]: m for m in comparison["methods"]}
+    pinn, it = methods["pinn"], methods.get("iterative")
+    usable = it is not None and not it["unavailable"]
+    match = next((q for q in comparison["time_to_quality"]
+                  if q["method"] == "iterative" and q["matches"] == "pinn"), None)
+    reached = bool(match and match["reached"])
+    return {
+        "benchmark": "compare", "experiment": comparison["experiment"], "wall_s": wall,
+        "methods": {name: {**{f"{p}_psnr_db": m[p]["psnr"] for p in PARTS},
+                           "training_seconds": m["training_seconds"],
+                           "reconstruction_seconds": m["reconstruction_seconds"],
+                           "unavailable": m["unavailable"]} for name, m in methods.items()},
+        "pinn_reconstruction_seconds": pinn["reconstruction_seconds"],
+        "iterative_seconds_to_pinn_quality": match["seconds"] if reached else None,
+        "iterative_epochs_to_pinn_quality": match["epoch"] if reached else None,
+        "speedup_pinn_vs_iterative_at_equal_quality": (
+            match["seconds"] / pinn["reconstruction_seconds"]
+            if reached and pinn["reconstruction_seconds"] else None),
+        "quality_gap_pinn_minus_iterative_db": (
+            {p: pinn[p]["psnr"] - it[p]["psnr"] for p in PARTS} if usable else None),
+        "verdict": comparison["verdict"]}
+
+
+def _num(v: Any, fmt: str = ".3g") -> str:
+    return "n/a" if v is None else format(v, fmt)
+
+
+def print_table(r: dict[str, Any]) -> None:
+    print(f"method comparison, experiment {r['experiment']!r} (snakemake compare: "
+          f"{r['wall_s']:.0f} s wall)")
+    print(f"{'method':12s} {'amp PSNR dB':>12s} {'phase PSNR dB':>14s} {'train s':>9s} "
+          f"{'recon s':>9s}")
+    for name, m in r["methods"].items():
+        note = f"  ({m['unavailable']})" if m["unavailable"] else ""
+        print(f"{name:12s} {_num(m['amplitude_psnr_db'], '.2f'):>12s} "
+              f"{_num(m['phase_psnr_db'], '.2f'):>14s} {_num(m['training_seconds']):>9s} "
+              f"{_num(m['reconstruction_seconds']):>9s}{note}")
+    print(f"iterative to the PINN's quality: {_num(r['iterative_seconds_to_pinn_quality'])} s "
+          f"({_num(r['iterative_epochs_to_pinn_quality'], 'd')} epochs) vs PINN "
+          f"{_num(r['pinn_reconstruction_seconds'])} s: speed-up "
+          f"{_num(r['speedup_pinn_vs_iterative_at_equal_quality'])}")
+    gap = r["quality_gap_pinn_minus_iterative_db"] or {}
+    print(f"quality gap PINN - iterative: amplitude {_num(gap.get('amplitude'), '+.2f')} dB, "
+          f"phase {_num(gap.get('phase'), '+.2f')} dB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="the seconds-long test experiment")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="ptycho-bench-compare-"))
+    try:
+        copy_workflow(workdir)
+        result = summary(*run_compare(workdir, args.tiny))
+    finally:
+        if args.keep:
+            print(f"kept {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print_table(result)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""Iterative reference reconstruction with pty-chi (LSQML or ePIE) of the PINN's test data.
+
+``python -m ptycho_torch.iterative --config-json JSON --data results/EXP/simulate/test.cxi
+--out-dir results/EXP/iterative --report-dir reports/<run_id>/EXP/iterative`` reconstructs
+the scan in ``DATA`` with pty-chi (``ptychi``, APS), using the data's own probe and
+positions (``iterative.probe_refinement`` lets it refine the probe), and writes the
+products of the infer step with the infer step's own writers and scorer
+(:func:`ptycho_torch.infer.evaluate`, ``write_figures``, ``write_ptychodus``): so the
+methods are scored identically. ``metrics.json`` also holds
+
+* ``method``: engine, epochs, batch size, probe refinement, pty-chi version;
+* ``convergence``: the quality (amplitude/phase PSNR, SSIM, FRC50; the same
+  :func:`ptycho_torch.metrics.score`) at checkpoints, about ten per decade of epochs
+  (:func:`checkpoint_epochs`), against the solver's cumulative seconds (task set-up plus
+  epochs; the scoring itself is not timed);
+* ``time_to_target``: the first checkpoint where amplitude and phase PSNR both reach
+  ``iterative.target_psnr_db``.
+
+Conventions, ours -> pty-chi (checked by the tests: the reconstruction of a known object
+registers to it within a small fraction of a pixel):
+
+* counts: DC-centred intensities, passed as they are with ``data_options.fft_shift=True``;
+* FFT: ours is unitary (``norm="ortho"``), pty-chi's far field is the unnormalised
+  ``fft2``, so the probe is handed over divided by ``N`` (``|fft2(P/N * O)|^2 =
+  |F_ortho(P * O)|^2``, the expected counts) and the reconstructed object needs no
+  rescaling;
+* positions: our probe centre ``p = (row, col)`` puts patch pixel ``(N/2, N/2)`` at object
+  pixel ``p`` (top-left corner ``p - N/2``); pty-chi's patch corner is ``p' + origin -
+  (N-1)/2``, so ``p' = p`` (x = col, y = row) with the origin fixed at ``(-0.5, -0.5)``
+  (``determine_position_origin_coords_by=SPECIFIED``); the object buffer is our object
+  frame ``[H, W]``, started at 1 + 0j;
+* the probe stays the known one (no object/probe ambiguity removal, no first-epoch probe
+  rescaling: the data's probe carries the photon scale), unless ``probe_refinement``.
+
+When pty-chi is not installed the step still succeeds: ``metrics.json`` says
+``"unavailable": "pty-chi not installed: ..."``, ``reconstruction.png`` shows the message
+and the comparison lists the method as not available.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from ptycho_torch import cli, figures, torchvision_compat
+from ptycho_torch.compare import PARTS, time_to_reach
+from ptycho_torch.config import ExperimentConfig, IterativeConfig
+from ptycho_torch.config_factory import ConfigError
+from ptycho_torch.data import PtychoData, read_data
+from ptycho_torch.reports import StepReport, write_atomic
+
+LOG = logging.getLogger("ptycho_torch")
+PTYCHI_REQUIREMENT = "ptychi==2.2.0"
+PTYCHI_MISSING = ("pty-chi not installed: run `make iterative` (pip install -e '.[iterative]' "
+                  f"then pip install --no-deps {PTYCHI_REQUIREMENT}; see README, 'Iterative "
+                  "reference')")
+ALWAYS = ("metrics.json", "reconstruction.png")  # written even without pty-chi
+WITH_PTYCHI = ("reconstruction.h5", "reconstruction.npz", "frc.png", "scan_positions.png")
+QUALITY = ("psnr", "ssim", "frc50")
+
+
+class IterativeUnavailable(RuntimeError):
+    """pty-chi cannot be imported; the message says how to install it."""
+
+
+def ptychi_version() -> str | None:
+    """The installed pty-chi version, or None (reads package metadata; imports nothing)."""
+    try:
+        return importlib.metadata.version("ptychi")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def import_ptychi() -> tuple[Any, type]:
+    """``(ptychi.api, PtychographyTask)``; registers the torchvision stand-in first
+    (:mod:`ptycho_torch.torchvision_compat`). Raises :class:`IterativeUnavailable`."""
+    torchvision_compat.register()
+    try:
+        import ptychi.api as api
+        from ptychi.api.task import PtychographyTask
+    except ImportError as exc:
+        raise IterativeUnavailable(f"{PTYCHI_MISSING} (import error: {exc})") from None
+    return api, PtychographyTask
+
+
+def checkpoint_epochs(epochs: int) -> list[int]:
+    """Epochs ``1..epochs`` at which the reconstruction is scored: ``round(10^(k/10))``,
+    about ten per decade (1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 20, 25, 32, ...), and the last."""
+    marks = {int(round(10 ** (k / 10))) for k in range(int(10 * np.log10(epochs)) + 1)}
+    return sorted({e for e in marks if e <= epochs} | {epochs})
+
+
+def task_options(api: Any, cfg: IterativeConfig, seed: int, gpu: bool,
+                 deterministic: bool) -> Any:
+    """pty-chi options for our data conventions (see the module docstring)."""
+    options = api.LSQMLOptions() if cfg.engine == "lsqml" else api.EPIEOptions()
+    options.data_options.fft_shift = True
+    options.object_options.optimizable = True
+    options.object_options.pixel_size_m = 1.0  # positions are given in object pixels
+    options.object_options.remove_object_probe_ambiguity.enabled = False
+    options.object_options.determine_position_origin_coords_by = (
+        api.ObjectPosOriginCoordsMethods.SPECIFIED)
+    options.object_options.position_origin_coords = np.array([-0.5, -0.5])
+    options.probe_options.optimizable = cfg.probe_refinement
+    options.probe_position_options.optimizable = False
+    rec = options.reconstructor_options
+    rec.num_epochs = cfg.epochs
+    rec.batch_size = cfg.batch_size
+    rec.default_device = api.Devices.GPU if gpu else api.Devices.CPU
+    rec.random_seed = seed
+    rec.allow_nondeterministic_algorithms = not deterministic
+    if cfg.engine == "lsqml":
+        rec.rescale_probe_intensity_in_first_epoch = False
+    return options
+
+
+def build_task(api: Any, task_class: type, data: PtychoData, options: Any) -> Any:
+    """A pty-chi task on ``data``: counts ``[n, N, N]``, probe ``[N, N]`` / N, positions
+    ``[n, 2]`` (row, col) px, object ``[1, H, W]`` started at 1."""
+    mask = None if data.mask is None else data.valid_pixels()
+    return task_class(
+        options, diffraction_data=data.counts.astype(np.float32),
+        object_data=np.ones((1, *data.object_shape), np.complex64),
+        probe_data=(data.probe / data.N)[None, None].astype(np.complex64),
+        probe_position_x_px=data.positions_px[:, 1].astype(np.float64),
+        probe_position_y_px=data.positions_px[:, 0].astype(np.float64),
+        valid_pixel_mask=mask)
+
+
+def quality(obj: np.ndarray, data: PtychoData) -> dict[str, dict[str, float]]:
+    """Amplitude and phase PSNR, SSIM, FRC50 of ``obj [H, W]`` (the infer step's scorer)."""
+    from ptycho_torch.metrics import score
+    from ptycho_torch.stitch import scanned_region
+    region = scanned_region(data.positions_px)
+    m = score(obj[region], data.ground_truth[region])
+    return {part: {k: m[part][k] for k in QUALITY} for part in PARTS}
+
+
+@contextlib.contextmanager
+def torch_defaults_kept() -> Iterator[None]:
+    """Restore torch's process-wide default device and dtype on exit: a pty-chi task sets
+    both (``torch.set_default_device("cuda")`` on a GPU), which would move every tensor the
+    rest of the step creates."""
+    import torch
+    device, dtype = torch.get_default_device(), torch.get_default_dtype()
+    try:
+        yield
+    finally:
+        torch.set_default_device(device)
+        torch.set_default_dtype(dtype)
+
+
+def reconstruct(data: PtychoData, cfg: ExperimentConfig, gpu: bool,
+                on_checkpoint: Callable[[int, float, np.ndarray], None]
+                ) -> tuple[np.ndarray, np.ndarray, list[dict[str, float]], float]:
+    """Run ``cfg.iterative`` on ``data``; ``on_checkpoint(epoch, seconds, object)`` at each
+    of :func:`checkpoint_epochs` (not timed). Returns the object ``[H, W]``, the probe
+    ``[N, N]`` in our FFT convention, the loss per epoch and the solver's seconds."""
+    api, task_class = import_ptychi()
+    with torch_defaults_kept():
+        t0 = time.perf_counter()
+        task = build_task(api, task_class, data, task_options(
+            api, cfg.iterative, cfg.seed, gpu, cfg.execution.deterministic))
+        seconds, done = time.perf_counter() - t0, 0
+        for epoch in checkpoint_epochs(cfg.iterative.epochs):
+            t0 = time.perf_counter()
+            task.run(epoch - done)
+            seconds, done = seconds + time.perf_counter() - t0, epoch
+            on_checkpoint(epoch, seconds, task.get_data_to_cpu("object", as_numpy=True)[0])
+        table = task.reconstructor.loss_tracker.table
+        probe = task.get_data_to_cpu("probe", as_numpy=True)[0, 0] * data.N
+        obj = task.get_data_to_cpu("object", as_numpy=True)[0]
+    history = [{"epoch": int(e) + 1, "loss": float(v)} for e, v in zip(table["epoch"],
+                                                                      table["loss"])]
+    return obj.astype(np.complex64), probe.astype(np.complex64), history, seconds
+
+
+def method_record(cfg: IterativeConfig) -> dict[str, Any]:
+    return {"library": "pty-chi", "version": ptychi_version(), "engine": cfg.engine,
+            "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+            "probe_refinement": cfg.probe_refinement}
+
+
+def write_unavailable(out_dir: Path, rep: StepReport, reason: str, data_file: Path) -> None:
+    """The products without pty-chi: metrics.json with the reason, a figure saying it."""
+    record = {"unavailable": reason, "method": {"library": "pty-chi", "version": None},
+              "data": str(data_file)}
+    write_atomic(out_dir / "metrics.json", json.dumps(record, indent=2) + "\n")
+    figures.message(out_dir / "reconstruction.png", "iterative reference: not run", reason)
+    rep.write_json("metrics.json", record)
+    figures.copy_into(out_dir / "reconstruction.png", rep.directory)
+    rep.record({"available": False})
+    rep.verdict = f"SKIPPED: {reason}"
+    LOG.warning("iterative: %s", reason)
+
+
+def run(args: argparse.Namespace, cfg: ExperimentConfig, rep: StepReport,
+        products: list[Path]) -> None:
+    """The step body: reconstruct, score, write the infer step's products."""
+    from ptycho_torch.infer import evaluate, write_figures, write_ptychodus, \
+        write_reconstruction_npz
+    from ptycho_torch.train import setup_execution
+    gpu = setup_execution(cfg.execution).type == "cuda"
+    data = read_data(args.data, cfg.data)
+    curve: list[dict[str, Any]] = []
+
+    def checkpoint(epoch: int, seconds: float, obj: np.ndarray) -> None:
+        if data.ground_truth is not None:
+            curve.append({"epoch": epoch, "seconds": seconds, **quality(obj, data)})
+            LOG.info("epoch %d, %.2f s: amplitude PSNR %.2f dB, phase PSNR %.2f dB", epoch,
+                     seconds, curve[-1]["amplitude"]["psnr"], curve[-1]["phase"]["psnr"])
+
+    try:
+        obj, probe, history, seconds = reconstruct(data, cfg, gpu, checkpoint)
+    except IterativeUnavailable as exc:
+        del products[len(ALWAYS):]  # what it writes without pty-chi
+        write_unavailable(args.out_dir, rep, str(exc), args.data)
+        return
+    target = cfg.iterative.target_psnr_db
+    metrics = {**evaluate(obj, data, args.data), "method": method_record(cfg.iterative),
+               "reconstruction_seconds": seconds, "convergence": curve,
+               "time_to_target": {"psnr_db": target,
+                                  **time_to_reach(curve, {p: target for p in PARTS})}}
+    solved = replace(data, probe=probe)  # the probe it used: refined, or the data's own
+    write_ptychodus(args.out_dir / "reconstruction.h5", obj, solved, history, cfg.experiment)
+    write_reconstruction_npz(args.out_dir / "reconstruction.npz", obj, solved)
+    write_atomic(args.out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    rep.write_json("metrics.json", metrics)
+    write_figures(args.out_dir, obj, data, metrics)
+    for name in ("reconstruction.png", "frc.png", "scan_positions.png"):
+        figures.copy_into(args.out_dir / name, rep.directory)
+    summarise(rep, metrics, len(data.counts), cfg.iterative)
+
+
+def summarise(rep: StepReport, metrics: dict[str, Any], n: int, cfg: IterativeConfig) -> None:
+    """Key numbers and the one-line verdict."""
+    seconds = metrics["reconstruction_seconds"]
+    rep.record({"available": True, "engine": cfg.engine, "epochs": cfg.epochs, "patterns": n,
+                "reconstruction_seconds": seconds,
+                "seconds_per_epoch": seconds / cfg.epochs,
+                "patterns_per_second": n * cfg.epochs / max(seconds, 1e-9)})
+    if not metrics["ground_truth"]:
+        rep.verdict = f"{cfg.engine} {cfg.epochs} epochs in {seconds:.1f} s (no ground truth)"
+        return
+    rep.record({f"{p}_{k}": metrics[p][k] for p in PARTS for k in QUALITY})
+    reach = metrics["time_to_target"]
+    rep.verdict = (f"{cfg.engine}, {cfg.epochs} epochs in {seconds:.1f} s: amplitude PSNR "
+                   f"{metrics['amplitude']['psnr']:.1f} dB, phase PSNR "
+                   f"{metrics['phase']['psnr']:.1f} dB; {reach['psnr_db']:g} dB "
+                   + (f"reached after {reach['epoch']} epochs, {reach['seconds']:.1f} s"
+                      if reach["reached"] else "not reached"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ptycho_torch.iterative",
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_config_args(parser)
+    parser.add_argument("--data", type=Path, required=True,
+                        help="data to reconstruct (.cxi, or a PtychoPINN .npz)")
+    parser.add_argument("--out-dir", type=Path, required=True,
+                        help=f"writes {', '.join(ALWAYS + WITH_PTYCHI)} here")
+    cli.add_execution_args(parser)
+    cli.add_report_arg(parser)
+    args = parser.parse_args(argv)
+    products = [args.out_dir / n for n in ALWAYS + WITH_PTYCHI]
+
+    def load(a: argparse.Namespace) -> ExperimentConfig:
+        cfg = cli.config_from_args(a)
+        if not a.data.is_file():
+            raise ConfigError([f"--data: {a.data} not found"])
+        return cfg
+
+    return cli.run_step("iterative", args, products,
+                        lambda cfg, rep: run(args, cfg, rep, products), load_config=load,
+                        inputs=[args.data])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

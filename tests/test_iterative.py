@@ -1,0 +1,168 @@
+"""The iterative reference step (pty-chi): the torchvision stand-in, our conventions handed to
+pty-chi (a real LSQML run must recover a known object: a wrong FFT scale, position offset
+or sign shows up as an amplitude scale, a registered shift or garbage), the checkpoints,
+and the step without pty-chi installed (it reports that and writes what the comparison
+needs)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from conftest import run_step
+from ptycho_torch import iterative, simulate
+from ptycho_torch.config_factory import resolve_config
+from ptycho_torch.data import write_cxi
+from ptycho_torch.reports import load_manifest
+from ptycho_torch.torchvision_compat import GaussianBlur
+
+RUN = "2026-01-01T000000Z"
+# Easy data for a short run: weak phase object, dense scan (N 16, step 2 px: 289 patterns).
+EASY = {"experiment": "easy", "data": {"N": 16, "object": {"train_size_px": 32,
+                                                          "test_size_px": 48,
+                                                          "phase_max_rad": 0.5},
+                                       "probe": {"pupil_radius_px": 3.0},
+                                       "scan": {"step_px": 2.0}},
+        "iterative": {"epochs": 30, "batch_size": 16}, "execution": {"threads": 1}}
+needs_ptychi = pytest.mark.skipif(iterative.ptychi_version() is None,
+                                  reason=iterative.PTYCHI_MISSING)
+
+
+@pytest.mark.parametrize("kernel, sigma", [((9, 9), (3.0, 3.0)), ((9, 5), 1.5)])
+def test_gaussian_blur_stand_in_is_a_mirrored_gaussian_filter(kernel, sigma):
+    """torchvision's GaussianBlur: kernel (width, height), sigma px, reflect padding; scipy's
+    gaussian_filter with mode 'mirror' and the same radii computes the same thing."""
+    img = np.random.default_rng(0).normal(size=(2, 23, 31))
+    s = sigma[0] if isinstance(sigma, tuple) else sigma
+    expected = np.stack([ndimage.gaussian_filter(x, s, mode="mirror",
+                                                 radius=(kernel[1] // 2, kernel[0] // 2))
+                         for x in img])
+    got = GaussianBlur(kernel, sigma)(torch.from_numpy(img)).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+
+
+def test_gaussian_blur_stand_in_refuses_what_it_does_not_do():
+    with pytest.raises(ValueError, match="odd"):
+        GaussianBlur(4, 1.0)
+    with pytest.raises(ValueError, match="one fixed positive sigma"):
+        GaussianBlur(9, (0.1, 2.0))  # torchvision would draw sigma at random
+
+
+def test_checkpoints_are_about_ten_per_decade_and_end_at_the_last_epoch():
+    assert iterative.checkpoint_epochs(1) == [1]
+    assert iterative.checkpoint_epochs(30) == [1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 20, 25, 30]
+    marks = iterative.checkpoint_epochs(1000)
+    assert marks[-1] == 1000 and len(marks) == len(set(marks)) == 28  # 1..1000: 3 decades
+    assert all(b / a <= 2.0 for a, b in zip(marks, marks[1:]))
+
+
+@needs_ptychi
+def test_ptychi_imports_in_this_environment():
+    api, task_class = iterative.import_ptychi()
+    assert hasattr(api, "LSQMLOptions") and hasattr(api, "EPIEOptions")
+    assert task_class.__name__ == "PtychographyTask"
+    tv = sys.modules["torchvision"]  # the stand-in, unless a real torchvision is installed
+    assert hasattr(tv.transforms, "GaussianBlur")
+
+
+@pytest.fixture(scope="module")
+def easy_data(tmp_path_factory) -> Path:
+    """The easy test scan as a CXI file, simulated as the simulate step does."""
+    cfg = resolve_config(EASY)
+    path = tmp_path_factory.mktemp("easy") / "test.cxi"
+    write_cxi(path, simulate.simulate_dataset(cfg.data, cfg.data.object.test_size_px,
+                                              (cfg.seed, 1)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reconstructed(easy_data, tmp_path_factory) -> Path:
+    """One real LSQML run of the step (30 epochs, known probe) on the easy scan. pty-chi sets
+    torch's process-wide default device and dtype: the step restores them (here float64,
+    which pty-chi would leave at float32; on a GPU the device would stay "cuda")."""
+    work = tmp_path_factory.mktemp("lsqml")
+    torch.set_default_dtype(torch.float64)
+    try:
+        code = iterative.main(["--config-json", json.dumps(EASY), "--data", str(easy_data),
+                               "--out-dir", str(work / "out"),
+                               "--report-dir", str(work / f"reports/{RUN}/easy/iterative")])
+        kept = torch.get_default_dtype()
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert code == 0 and kept == torch.float64
+    assert torch.get_default_device() == torch.device("cpu")
+    return work
+
+
+@needs_ptychi
+def test_lsqml_recovers_the_known_object(reconstructed):
+    m = json.loads((reconstructed / "out/metrics.json").read_text())
+    assert m["method"]["engine"] == "lsqml" and m["method"]["version"] == "2.2.0"
+    # registered to the truth within a small fraction of a pixel (a half-pixel position
+    # convention error would show here), at the true amplitude scale (the FFT
+    # normalisation: a missing 1/N on the probe scales the object by N)
+    assert max(abs(s) for s in m["alignment"]["shift_px"]) <= 0.1
+    assert abs(m["alignment"]["amplitude_scale"] - 1) < 0.02
+    assert m["amplitude"]["psnr"] > 40 and m["amplitude"]["ssim"] > 0.99
+    # the phase's slowest part is a weak global ramp (nearly an ambiguity); without it:
+    assert m["with_phase_ramp_removed"]["phase"]["psnr"] > 38
+    assert m["phase"]["psnr"] > 25
+
+
+@needs_ptychi
+def test_convergence_is_recorded_at_the_checkpoints(reconstructed):
+    m = json.loads((reconstructed / "out/metrics.json").read_text())
+    curve = m["convergence"]
+    assert [c["epoch"] for c in curve] == iterative.checkpoint_epochs(30)
+    seconds = [c["seconds"] for c in curve]
+    assert all(b > a for a, b in zip(seconds, seconds[1:]))
+    assert seconds[-1] == pytest.approx(m["reconstruction_seconds"])
+    assert curve[-1]["amplitude"]["psnr"] == pytest.approx(m["amplitude"]["psnr"])
+    assert curve[-1]["phase"]["psnr"] > curve[0]["phase"]["psnr"] + 10
+    reached = [c for c in curve if min(c["amplitude"]["psnr"], c["phase"]["psnr"]) >= 30]
+    assert m["time_to_target"] == ({"psnr_db": 30.0, "reached": True,
+                                    "epoch": reached[0]["epoch"],
+                                    "seconds": reached[0]["seconds"]} if reached
+                                   else {"psnr_db": 30.0, "reached": False})
+
+
+@needs_ptychi
+def test_the_step_writes_the_infer_products_and_evidence(reconstructed):
+    out = reconstructed / "out"
+    for name in iterative.ALWAYS + iterative.WITH_PTYCHI:
+        assert (out / name).stat().st_size > 0, name
+    step = reconstructed / f"reports/{RUN}/easy/iterative"
+    manifest, problem = load_manifest(step / "manifest.json")
+    assert problem is None and manifest["status"] == "ok"
+    assert manifest["numbers"]["available"] is True
+    assert manifest["numbers"]["reconstruction_seconds"] > 0
+    assert "lsqml, 30 epochs" in (step / "summary.md").read_text()
+
+
+def test_without_ptychi_the_step_reports_it_and_writes_what_compare_needs(
+        easy_data, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ptychi", None)  # `import ptychi` now fails
+    out, step = tmp_path / "out", tmp_path / f"reports/{RUN}/easy/iterative"
+    code = iterative.main(["--config-json", json.dumps(EASY), "--data", str(easy_data),
+                           "--out-dir", str(out), "--report-dir", str(step)])
+    assert code == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["unavailable"].startswith("pty-chi not installed: run `make iterative`")
+    assert (out / "reconstruction.png").stat().st_size > 0
+    assert not (out / "reconstruction.h5").exists()
+    assert "SKIPPED: pty-chi not installed" in (step / "summary.md").read_text()
+    manifest, problem = load_manifest(step / "manifest.json")
+    assert problem is None and manifest["numbers"]["available"] is False
+
+
+def test_a_missing_data_file_is_refused_and_nothing_is_written(tmp_path):
+    out = run_step("iterative", "--data", "absent.cxi", "--out-dir", "out", "--report-dir",
+                   f"reports/{RUN}/x/iterative", cwd=tmp_path)
+    assert out.returncode == 2 and "absent.cxi" in out.stderr, out.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "reports").exists()
