@@ -36,14 +36,7 @@ TINY_SETTINGS = {"data": {"N": N}, "training": {"batch_size": 8, "epochs": 1},
                  "execution": {"threads": 1}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread, as TINY's execution.threads says (two on a loaded 2-core machine
-    are several times slower for these tiny networks)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _scan(size: int, seed: int) -> PtychoData:

@@ -29,14 +29,7 @@ TINY = {"experiment": "tiny", "data": {"N": 16, "object": {"train_size_px": 40, 
         "training": {"epochs": 2, "batch_size": 8}, "execution": {"threads": 1}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread, as TINY's execution.threads says: these trainings are tiny, and two
-    threads on a loaded 2-core machine are several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
