@@ -1,6 +1,6 @@
 # make run   - the default experiment end to end (config/config.yaml)
 # make test  - the whole test suite
-# make bench - the benchmarks and the method comparison: one table, reports/bench/<time>.json
+# make bench - the benchmarks and the method comparison: one table, benchmarks/runs/<UTC time>.json
 # make iterative - install the optional iterative reference (pty-chi); make test and bench do
 # make clean - remove results/ and Snakemake's state (reports/ is evidence: kept)
 

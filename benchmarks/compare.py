@@ -24,32 +24,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from pipeline import copy_workflow
+from pipeline import experiment_name, in_workflow_copy, run_snakemake
 
 PARTS = ("amplitude", "phase")
 
 
 def run_compare(workdir: Path, tiny: bool) -> tuple[dict[str, Any], float]:
     """``snakemake compare`` in ``workdir``: (its comparison.json, wall seconds)."""
-    args = ["--configfile", "tests/configs/tiny.yaml"] if tiny else []
-    env = {k: v for k, v in os.environ.items() if k != "PTYCHO_RUN_ID"}
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "profiles/local",
-                          "compare", *args], cwd=workdir, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if out.returncode:
-        sys.exit(f"snakemake compare failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    exp = "tiny" if tiny else "default"
-    return json.loads((workdir / f"results/{exp}/compare/comparison.json").read_text()), wall
+    wall = run_snakemake(workdir, tiny, "compare")
+    path = workdir / f"results/{experiment_name(tiny)}/compare/comparison.json"
+    return json.loads(path.read_text()), wall
 
 
 def summary(comparison: dict[str, Any], wall: float) -> dict[str, Any]:
@@ -106,15 +93,8 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="the seconds-long test experiment")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="ptycho-bench-compare-"))
-    try:
-        copy_workflow(workdir)
-        result = summary(*run_compare(workdir, args.tiny))
-    finally:
-        if args.keep:
-            print(f"kept {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    result = in_workflow_copy("ptycho-bench-compare-", args.keep,
+                              lambda d: summary(*run_compare(d, args.tiny)))
     print_table(result)
     print(json.dumps(result, indent=2))
 

@@ -26,10 +26,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
 PARTS = ("Snakefile", "workflow", "config", "profiles", "ptycho_torch", "tests/configs")
 STEPS = ("simulate", "validate", "train", "infer", "report")
+T = TypeVar("T")
 
 
 def copy_workflow(dest: Path) -> None:
@@ -41,17 +43,42 @@ def copy_workflow(dest: Path) -> None:
             shutil.copy2(src, dst)
 
 
-def measure(workdir: Path, tiny: bool) -> dict:
-    """Run the pipeline once in ``workdir``; returns the clocks per step and in total."""
+def in_workflow_copy(prefix: str, keep: bool, work: Callable[[Path], T]) -> T:
+    """``work(dir)`` in a fresh temporary copy of the workflow, removed afterwards unless ``keep``."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        copy_workflow(workdir)
+        return work(workdir)
+    finally:
+        if keep:
+            print(f"kept {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def experiment_name(tiny: bool) -> str:
+    return "tiny" if tiny else "default"
+
+
+def run_snakemake(workdir: Path, tiny: bool, *targets: str) -> float:
+    """``snakemake [targets]`` of the default (or tiny) experiment in ``workdir``, from scratch
+    and with a new run id; returns its wall seconds, exits with Snakemake's output on failure."""
     args = ["--configfile", "tests/configs/tiny.yaml"] if tiny else []
     env = {k: v for k, v in os.environ.items() if k != "PTYCHO_RUN_ID"}
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "profiles/local", *args],
-                         cwd=workdir, env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "profiles/local",
+                          *targets, *args], cwd=workdir, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if out.returncode:
-        sys.exit(f"snakemake failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    exp = "tiny" if tiny else "default"
+        sys.exit(f"snakemake {' '.join(targets)} failed:\n{out.stdout[-3000:]}\n"
+                 f"{out.stderr[-3000:]}")
+    return wall
+
+
+def measure(workdir: Path, tiny: bool) -> dict:
+    """Run the pipeline once in ``workdir``; returns the clocks per step and in total."""
+    wall = run_snakemake(workdir, tiny)
+    exp = experiment_name(tiny)
     (run_dir,) = [p for p in (workdir / "reports").iterdir() if not p.is_symlink()]
     steps = {}
     for step in STEPS:
@@ -86,13 +113,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="the seconds-long test experiment")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="ptycho-bench-"))
-    try:
-        copy_workflow(workdir)
-        result = measure(workdir, args.tiny)
-    finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+    result = in_workflow_copy("ptycho-bench-", args.keep, lambda d: measure(d, args.tiny))
     print_table(result)
     print(json.dumps(result, indent=2))
 

@@ -375,16 +375,16 @@ def check_data_file(path: str | Path, cfg, role: str = "train") -> list[str]:
     if cfg is not None and role == "train":  # validation split, n_groups, oversampling
         from ptycho_torch.grouping import grouping_problems
         problems += [f"{p} (in {path})" for p in grouping_problems(n, cfg)]
+    probe_at, positions_at = (("probeGuess", "xcoords/ycoords") if npz else
+                              (f"{SOURCE}/illumination", f"{OURS}/probe_position_px"))
     if not np.isfinite(d.probe).all():
-        problems.append(f"{role} data: {SOURCE}/illumination in {path} holds NaN or "
-                        "infinite values")
+        problems.append(f"{role} data: {probe_at} in {path} holds NaN or infinite values")
     lo = d.positions_px - d.N / 2
     hi = d.positions_px + d.N / 2 + 1
     if not np.isfinite(d.positions_px).all():
-        problems.append(f"{role} data: {OURS}/probe_position_px in {path} holds NaN or "
-                        "infinite positions")
+        problems.append(f"{role} data: {positions_at} in {path} holds NaN or infinite positions")
     elif (lo < 0).any() or (hi > np.asarray(d.object_shape)).any():
-        problems.append(f"{role} data: {OURS}/probe_position_px in {path} has positions whose "
+        problems.append(f"{role} data: {positions_at} in {path} has positions whose "
                         f"patch leaves the object frame {d.object_shape}")
     if npz:  # read_npz has refused NaN, infinite and negative amplitudes
         return problems

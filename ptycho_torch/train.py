@@ -556,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
         """Train (every rank); write products and evidence (rank 0: ``rep`` is not None)."""
         device = setup_execution(cfg.execution)
         data = read_cxi(args.data)  # before joining: a bad file stops every rank alike
+        if rep is not None and cfg.training.init_model:  # its hash goes into the manifest
+            rep.inputs.append(Path(cfg.training.init_model))
         resume = args.out_dir / RESUME_FILE
         try:
             with process_group(launch, device) as device:

@@ -26,8 +26,11 @@ import pytest
 import yaml
 
 from ptycho_torch.config import ExperimentConfig
+from ptycho_torch.config_factory import resolve_config
 
-README = Path(__file__).resolve().parents[1] / "config" / "README.md"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+README = CONFIG_DIR / "README.md"
+OVERLAYS = sorted(CONFIG_DIR.glob("examples/*.yaml")) + sorted(CONFIG_DIR.glob("presets/*.yaml"))
 ROW = re.compile(r"^\|\s*`([A-Za-z0-9_.]+)`\s*\|(.*)\|\s*$")
 
 
@@ -168,3 +171,33 @@ if __name__ == "__main__":
     for name, cls in sections():
         if not wanted or name in wanted:
             print(f"### `{name or '(top level)'}`\n\n{table(name, cls)}\n")
+
+
+def _overlay(base: dict, over: dict) -> dict:
+    """Snakemake's ``--configfile`` merge: mappings merged key by key, anything else replaced."""
+    return {**base, **{k: _overlay(base[k], v) if isinstance(v, dict) and isinstance(
+        base.get(k), dict) else v for k, v in over.items()}}
+
+
+def _leaves(tree: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+@pytest.mark.parametrize("path", OVERLAYS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_each_shipped_overlay_is_a_valid_experiment_with_its_settings(path):
+    """config/examples/ and config/presets/: merged over config.yaml, each passes the config
+    factory, is named after its file, and every experiment setting it states takes effect."""
+    overlay = yaml.safe_load(path.read_text())
+    merged = _overlay(yaml.safe_load((CONFIG_DIR / "config.yaml").read_text()), overlay)
+    science = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    cfg = resolve_config({k: v for k, v in merged.items() if k in science})
+    assert cfg.experiment == path.stem
+    for dotted, value in _leaves({k: v for k, v in overlay.items() if k in science}):
+        resolved = cfg
+        for part in dotted.split("."):
+            resolved = getattr(resolved, part)
+        assert resolved == value, dotted

@@ -540,6 +540,17 @@ def test_bad_npz_is_rejected_naming_the_array(tmp_path, case):
     assert name in str(err.value) and str(path) in str(err.value)
 
 
+def test_npz_positions_outside_the_object_are_named_by_the_npz_arrays(tmp_path):
+    path = tmp_path / "off.npz"
+    arrays = _ptychopinn_npz(path)
+    x = arrays["xcoords"].copy()
+    x[2] = 46.0  # a 16 px patch centred there leaves the 48 px objectGuess
+    _npz_edit(path, xcoords=x)
+    (problem,) = check_data_file(path, _cfg(N=16))
+    assert "xcoords/ycoords" in problem and str(path) in problem
+    assert "leaves the object frame (48, 48)" in problem
+
+
 @pytest.mark.parametrize("damage", ["truncated", "not npz", "single npy", "missing"])
 def test_unreadable_npz_is_rejected(tmp_path, damage):
     path = tmp_path / "bad.npz"

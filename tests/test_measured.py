@@ -7,7 +7,6 @@ stripped of what a beamline file lacks (ground truth, our own /entry_1/ptycho_to
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import subprocess
@@ -20,13 +19,14 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, TINY, copy_workflow, jobs_run, run_snakemake, run_step
-from ptycho_torch import physics, simulate, validate
+from conftest import TINY, copy_workflow, jobs_run, run_snakemake, run_step
+from ptycho_torch import physics, simulate, train, validate
 from ptycho_torch.config import DataConfig, ExperimentConfig, ProbeConfig, ScanConfig
 from ptycho_torch.config_factory import resolve_config
 from ptycho_torch.data import (DETECTOR, OURS, SOURCE, TRANSLATION, DataFileError, PtychoData,
                                measured_sets, read_cxi, read_data, write_cxi, write_npz)
 from ptycho_torch.model import PtychoPINN, save_checkpoint
+from ptycho_torch.reports import file_entry, load_manifest
 from ptycho_torch.train import train_model
 
 N = 16
@@ -239,6 +239,21 @@ def test_a_resume_state_wins_over_the_initial_model(tmp_path, scan):
     assert not _equal(resumed.state_dict(), source)
 
 
+def test_the_train_manifest_records_the_initial_model(tmp_path, monkeypatch, scan):
+    """The start weights are an input of the trained model: the audit can check them."""
+    monkeypatch.chdir(tmp_path)
+    write_cxi(tmp_path / "a.cxi", scan)
+    _checkpoint(tmp_path / "source.pt", _config(), seed=123)
+    assert _validate(tmp_path / "a.cxi", tmp_path / "a.cxi", training__epochs=0,
+                     training__init_model="source.pt") == 0
+    assert train.main(["--payload", "out/payload.json", "--data", "a.cxi", "--out-dir", "out",
+                       "--report-dir", "reports/r/tiny/train"]) == 0
+    manifest, problem = load_manifest(tmp_path / "reports/r/tiny/train/manifest.json")
+    assert problem is None
+    assert manifest["inputs"]["source.pt"] == file_entry(tmp_path / "source.pt")
+    assert set(manifest["inputs"]) == {"out/payload.json", "a.cxi", "source.pt"}
+
+
 @pytest.mark.parametrize("theirs,key", [
     ({"model": {"gridsize": 1}}, "model.gridsize"),
     ({"model": {"n_filters_scale": 2}}, "model.n_filters_scale"),
@@ -254,18 +269,6 @@ def test_validate_refuses_an_initial_model_of_another_network(tmp_path, monkeypa
     err = capsys.readouterr().err
     assert key in err and "other.pt" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
-
-
-# ----------------------------------------------------------------- the example
-
-def test_the_example_overlay_is_a_valid_experiment():
-    base = yaml.safe_load((REPO / "config/config.yaml").read_text())
-    overlay = yaml.safe_load((REPO / "config/examples/my_cxi.yaml").read_text())
-    merged = {k: v for k, v in base.items() if not isinstance(v, dict) or k not in overlay}
-    merged.update({k: ({**base[k], **v} if isinstance(v, dict) else v) for k, v in overlay.items()})
-    science = {f.name for f in dataclasses.fields(ExperimentConfig)}
-    cfg = resolve_config({k: v for k, v in merged.items() if k in science})
-    assert cfg.data.source == "file" and cfg.data.train_file and cfg.experiment == "my_cxi"
 
 
 # ----------------------------------------------------------------- the whole workflow
