@@ -22,12 +22,11 @@ shared machines vary by up to +-50 % between runs. Prints a table, then the same
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
-from pipeline import experiment_name, in_workflow_copy, run_snakemake
+from pipeline import experiment_name, run_snakemake, workflow_benchmark_cli
 
 PARTS = ("amplitude", "phase")
 
@@ -88,15 +87,8 @@ def print_table(r: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny", action="store_true", help="the seconds-long test experiment")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    args = parser.parse_args()
-    result = in_workflow_copy("ptycho-bench-compare-", args.keep,
-                              lambda d: summary(*run_compare(d, args.tiny)))
-    print_table(result)
-    print(json.dumps(result, indent=2))
+    workflow_benchmark_cli(__doc__, "ptycho-bench-compare-",
+                           lambda d, tiny: summary(*run_compare(d, tiny)), print_table)
 
 
 if __name__ == "__main__":

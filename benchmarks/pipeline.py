@@ -107,15 +107,23 @@ def print_table(r: dict) -> None:
           f"process start-up {100 * r['process_startup_share']:.1f} %)")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
+def workflow_benchmark_cli(doc: str, prefix: str, work: Callable[[Path, bool], dict],
+                           show: Callable[[dict], None]) -> None:
+    """The command line of the benchmarks that run the workflow (this one, compare.py):
+    ``--tiny`` and ``--keep``; ``work(copy, tiny)`` in a temporary workflow copy, then the
+    table (``show``) and, last, the same as JSON."""
+    parser = argparse.ArgumentParser(description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="the seconds-long test experiment")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
-    result = in_workflow_copy("ptycho-bench-", args.keep, lambda d: measure(d, args.tiny))
-    print_table(result)
+    result = in_workflow_copy(prefix, args.keep, lambda d: work(d, args.tiny))
+    show(result)
     print(json.dumps(result, indent=2))
+
+
+def main() -> None:
+    workflow_benchmark_cli(__doc__, "ptycho-bench-", measure, print_table)
 
 
 if __name__ == "__main__":
