@@ -99,12 +99,13 @@ def reconstruction(path: Path, recon: np.ndarray, truth: np.ndarray | None,
 
 def frc_curves(path: Path, freq: np.ndarray, curves: Mapping[str, np.ndarray],
                crossings: Mapping[str, tuple[float, float]], pixel_size_m: float,
-               title: str) -> None:
+               title: str, markers: Mapping[str, float] | None = None) -> None:
     """Fourier ring correlation ``curves[name]`` [k] against ``freq`` [k] (cycles/px).
 
     ``crossings[name]`` = (1/2, 1/7 threshold crossings, cycles/px), shown in the legend
-    with the period they resolve; the thresholds are drawn as lines. The top axis gives
-    the frequency in 1/um (object pixel ``pixel_size_m``).
+    with the period they resolve; the thresholds are drawn as lines, and each of
+    ``markers`` (legend label: cycles/px) as a vertical line. The top axis gives the
+    frequency in 1/um (object pixel ``pixel_size_m``).
     """
     px_um = pixel_size_m * 1e6
     fig, ax = plt.subplots(figsize=(6.4, 5.0), layout="constrained")
@@ -114,6 +115,8 @@ def frc_curves(path: Path, freq: np.ndarray, curves: Mapping[str, np.ndarray],
                 f"cycles/px (period {px_um / f50 * 1e3:.0f} / {px_um / f7 * 1e3:.0f} nm)")
     ax.axhline(0.5, color="k", ls="--", lw=1, label="1/2 threshold (FRC50)")
     ax.axhline(1 / 7, color="k", ls=":", lw=1, label="1/7 threshold")
+    for (label, f), colour in zip((markers or {}).items(), ("tab:blue", "tab:orange")):
+        ax.axvline(f, color=colour, ls="-.", lw=1, label=label)
     ax.set_xlim(0, 0.5)
     ax.set_ylim(max(-1.0, min(-0.1, *(float(np.min(c[1:])) for c in curves.values()))), 1.05)
     ax.set_xlabel("spatial frequency (cycles/px)")

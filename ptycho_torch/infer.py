@@ -9,7 +9,8 @@ PtychoPINN ``.npz``) with the trained model and writes into ``DIR``:
 * ``metrics.json``: ``"ground_truth": true`` and amplitude/phase MAE, PSNR, SSIM, FRC50
   after alignment, or ``"ground_truth": false`` and why nothing was scored;
 * ``reconstruction.png`` (ground truth, reconstruction, error), ``frc.png`` (FRC curves
-  against the ground truth) and ``scan_positions.png`` (scan and probe footprint).
+  against the ground truth; for a simulated focused-disk probe also the first contrast
+  zeros of its defocus, :func:`ctf_zero_markers`) and ``scan_positions.png`` (scan and probe footprint).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ptycho_torch import cli, figures, quality
+from ptycho_torch import cli, figures, physics, quality
 from ptycho_torch.config import ExperimentConfig
 from ptycho_torch.config_factory import create_inference_payload
 from ptycho_torch.data import OURS, PtychoData, read_data, write_atomic_h5
@@ -153,6 +154,21 @@ def write_reconstruction_npz(path: Path, obj: np.ndarray, data: PtychoData) -> N
     write_atomic(path, buf.getvalue())
 
 
+def ctf_zero_markers(data: PtychoData) -> dict[str, float]:
+    """``{label: cycles/px}`` of the first amplitude and phase contrast zeros of the in-line
+    hologram that a simulated defocused focused-disk probe records
+    (:func:`physics.hologram_ctf_zeros`), for the FRC figure; empty for other data, whose
+    defocus is not known."""
+    probe = data.attrs.get("generator", {}).get("probe", {})
+    if probe.get("kind") != "focused_disk" or not probe.get("defocus_m"):
+        return {}
+    dz = float(probe["defocus_m"])
+    zeros = physics.hologram_ctf_zeros(dz, physics.wavelength_m(data.energy_eV),
+                                       data.object_pixel_size_m)
+    return {f"{part} contrast zero of the {dz * 1e3:g} mm defocus ({f:.3f} cycles/px)": f
+            for part, f in zip(("amplitude", "phase"), zeros)}
+
+
 def write_figures(out_dir: Path, obj: np.ndarray, data: PtychoData, metrics: dict) -> None:
     """``reconstruction.png``, ``frc.png`` and ``scan_positions.png`` into ``out_dir``."""
     region = scanned_region(data.positions_px)
@@ -170,7 +186,7 @@ def write_figures(out_dir: Path, obj: np.ndarray, data: PtychoData, metrics: dic
                            {p: (metrics[p]["frc50"], metrics[p]["frc_1_7"])
                             for p in ("amplitude", "phase")}, data.object_pixel_size_m,
                            "FRC of the reconstruction against the ground truth\n"
-                           "(scanned region, after alignment)")
+                           "(scanned region, after alignment)", ctf_zero_markers(data))
     figures.scan_positions(out_dir / "scan_positions.png", np.abs(obj), data.positions_px,
                            illumination(data.probe, data.positions_px, data.object_shape),
                            probe_diameter_px(torch.from_numpy(data.probe)),

@@ -103,6 +103,21 @@ def fresnel_propagate(field: torch.Tensor, distance_m: float, wavelength: float,
     return torch.fft.ifft2(torch.fft.fft2(field) * transfer)
 
 
+def hologram_ctf_zeros(defocus_m: float, wavelength: float, pixel_m: float) -> tuple[float, float]:
+    """First zeros (cycles/px) of the amplitude and the phase contrast transfer of an in-line
+    hologram at Fresnel distance ``defocus_m``: what a focused probe's bright field records of
+    the object ``defocus_m`` away from the focus (a point-projection image).
+
+    A weak object ``(1 + a) exp(i phi)`` propagated by ``dz`` gives the intensity
+    ``1 + 2 (a cos chi + phi sin chi)`` per spatial frequency ``f`` (1/m), ``chi = pi lambda
+    dz f^2`` (:func:`fresnel_propagate`'s sign): the amplitude contrast vanishes at ``chi =
+    pi/2``, ``f = 1/sqrt(2 lambda dz)``, the phase contrast at ``chi = pi``, ``f = 1/sqrt(lambda
+    dz)``. ``defocus_m`` must not be 0.
+    """
+    f_amplitude = 1.0 / math.sqrt(2 * wavelength * abs(defocus_m))
+    return f_amplitude * pixel_m, math.sqrt(2.0) * f_amplitude * pixel_m
+
+
 def focused_disk_probe(N: int, pupil_radius_px: float, defocus_m: float, wavelength: float,
                        pixel_m: float) -> torch.Tensor:
     """Probe ``[N, N]`` complex128: focus of a lens with a disk pupil, Fresnel-propagated.

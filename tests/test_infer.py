@@ -17,7 +17,8 @@ import torch
 from conftest import REPO, TINY, copy_workflow, jobs_run, run_snakemake, run_step
 from ptycho_torch.config_factory import resolve_config
 from ptycho_torch.data import PtychoData, read_cxi, read_npz, write_cxi, write_npz
-from ptycho_torch.infer import PRODUCTS
+from ptycho_torch import physics
+from ptycho_torch.infer import PRODUCTS, ctf_zero_markers
 from ptycho_torch.infer import main as infer_main
 from ptycho_torch.model import save_checkpoint
 from ptycho_torch.simulate import simulate_dataset
@@ -88,6 +89,17 @@ def test_scored_reconstruction_has_metrics_and_figures(scan, scored):
         assert len(metrics["frc_curves"][part]) == len(metrics["frc_curves"]["freq_cycles_per_px"])
     numbers = json.loads((evidence / "manifest.json").read_text())["numbers"]
     assert numbers["amplitude_ssim"] == metrics["amplitude"]["ssim"]
+
+
+def test_frc_figure_marks_the_hologram_zeros_only_where_the_defocus_is_known(scan):
+    """The simulated focused-disk probe's defocus travels in the CXI file; an NPZ has none."""
+    dz = scan.test.attrs["generator"]["probe"]["defocus_m"]
+    expected = physics.hologram_ctf_zeros(dz, physics.wavelength_m(scan.test.energy_eV),
+                                          scan.test.object_pixel_size_m)
+    marked = ctf_zero_markers(read_cxi(scan.workdir / "test.cxi"))
+    assert list(marked.values()) == pytest.approx(expected, rel=1e-9)
+    assert [label.split()[0] for label in marked] == ["amplitude", "phase"]
+    assert ctf_zero_markers(read_npz(scan.workdir / "nogt.npz")) == {}
 
 
 def test_ptychodus_product_layout(scan, scored):

@@ -167,6 +167,23 @@ def test_fresnel_gaussian_beam_width_at_rayleigh_range():
         assert second_moment(out) / m0 == pytest.approx(factor, rel=1e-6), z
 
 
+@pytest.mark.parametrize("part", ["amplitude", "phase"])
+def test_hologram_ctf_zero_is_where_a_weak_object_loses_its_contrast(part):
+    """Propagate a weak random object (amplitude or phase, varying along x) by dz and
+    measure the contrast transfer ``FFT(I - 1) / (2 FFT(object))`` per frequency: its first
+    sign change lies in the frequency bin that hologram_ctf_zeros names."""
+    n, dx, dz, lam = 256, 1e-7, 5e-3, physics.wavelength_m(8000.0)
+    weak = 1e-5 * np.random.default_rng(3).standard_normal(n)
+    obj = (1 + weak) if part == "amplitude" else np.exp(1j * weak)
+    field = torch.from_numpy(np.tile(obj.astype(np.complex128), (n, 1)))
+    intensity = physics.fresnel_propagate(field, dz, lam, dx).abs().square()[0].numpy()
+    transfer = (np.fft.fft(intensity - 1) / (2 * np.fft.fft(weak))).real[1:n // 2]
+    first_sign_change = int(np.argmax(np.sign(transfer) != np.sign(transfer[0])))  # bins 1..
+    zero = physics.hologram_ctf_zeros(dz, lam, dx)[part == "phase"]
+    assert first_sign_change / n < zero <= (first_sign_change + 1) / n
+    assert abs(transfer[0]) > 0.99 if part == "amplitude" else transfer[0] > 0  # cos / sin chi
+
+
 def test_wavelength_of_8kev():
     assert physics.wavelength_m(8000.0) == pytest.approx(1.5498e-10, rel=1e-4)
 
