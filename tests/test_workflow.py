@@ -10,6 +10,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,19 @@ def test_dry_run_of_the_default_config_lists_every_rule(workflow_copy):
     assert out.returncode == 0, out.stdout
     assert jobs_run(out.stdout) == {*STEPS, "all"}
     assert not (workflow_copy / "results").exists() and not (workflow_copy / "reports").exists()
+
+
+def test_timed_steps_declare_the_threads_their_torch_uses(workflow_copy):
+    """Training and reconstruction times are reported (compare, studies): each of those steps
+    asks the scheduler for the cores its torch uses (execution.threads, 2 by default) and
+    hands them to torch, so no other job shares them."""
+    out = run_snakemake(workflow_copy, "compare", "--dry-run", "--printshellcmds")
+    assert out.returncode == 0, out.stdout
+    for rule in ("train", "infer", "baseline_train", "baseline_infer", "iterative"):
+        job = re.search(rf"^rule {rule}:\n(.*?)^Shell command: (.*?)$", out.stdout,
+                        re.MULTILINE | re.DOTALL)
+        assert job and re.search(r"^\s+threads: 2$", job.group(1), re.MULTILINE), rule
+        assert " --threads 2 " in job.group(2), rule
 
 
 def test_named_targets_stop_at_their_step(workflow_copy):

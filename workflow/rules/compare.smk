@@ -32,7 +32,7 @@ BASELINE_EXP = f"{EXP}_baseline"  # the baseline's experiment name (its evidence
 BASELINE_REPORTS = f"reports/$PTYCHO_RUN_ID/{BASELINE_EXP}"  # + /<step>, expanded by the shell
 # The baseline's steps declare the threads torch uses (execution.threads), so the scheduler
 # does not squeeze another job onto their cores: the comparison's times would measure that
-# contention. (The train rule declares the same; the infer rule none yet, i.e. one core.)
+# contention. (The train, infer and iterative rules declare the same.)
 TIMED_THREADS = THREADS  # as the train rule (common.smk)
 
 
@@ -88,7 +88,7 @@ rule baseline_infer:
     shell:
         "{PYTHON:q} -m ptycho_torch.infer --model {input.model} --data {input.data}"
         " --history {input.history} --out-dir {params.out_dir} {params.inference} {EXECUTION}"
-        " --report-dir {BASELINE_REPORTS}/infer > {log} 2>&1"
+        " --threads {threads} --report-dir {BASELINE_REPORTS}/infer > {log} 2>&1"
 
 
 # The methods compared, in table order: name -> (metrics.json, model.pt or None).

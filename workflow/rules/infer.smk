@@ -25,6 +25,7 @@ rule infer:
     params:
         inference=set_args("inference"),
         out_dir=result("infer"),
+    threads: THREADS  # a timed step (reconstruction seconds): no other job on its cores
     log:
         log_path("infer"),
     benchmark:
@@ -32,7 +33,7 @@ rule infer:
     shell:
         "{PYTHON:q} -m ptycho_torch.infer --model {input.model} --data {input.data}"
         " --history {input.history} --out-dir {params.out_dir} {params.inference} {EXECUTION}"
-        " --report-dir {REPORTS}/infer > {log} 2>&1"
+        " --threads {threads} --report-dir {REPORTS}/infer > {log} 2>&1"
 
 
 # snakemake infer_file --config infer_file_data=PATH [infer_file_model=PATH]
@@ -82,6 +83,7 @@ rule infer_file:
         inference=set_args("inference"),
         history=history_arg,
         out_dir=INFER_FILE_DIR,
+    threads: THREADS
     log:
         log_path("infer_file"),
     benchmark:
@@ -89,4 +91,5 @@ rule infer_file:
     shell:
         "{PYTHON:q} -m ptycho_torch.infer --step infer_file --model {input.model:q}"
         " --data {input.data:q} {params.history} --out-dir {params.out_dir:q}"
-        " {params.inference} {EXECUTION} --report-dir {REPORTS}/infer_file > {log} 2>&1"
+        " {params.inference} {EXECUTION} --threads {threads} --report-dir {REPORTS}/infer_file"
+        " > {log} 2>&1"
