@@ -46,6 +46,9 @@ from ptycho_torch.reports import StepReport, write_atomic
 LOG = logging.getLogger("ptycho_torch")
 RESUME_FILE = "resume_state.pt"  # training state after the last finished epoch; removed at the end
 LAST_GOOD_FILE = "model_last_good.pt"  # in the evidence directory, after a divergence
+# Seconds a rank other than 0 waits before failing on a problem that rank 0 reports: torchrun
+# stops every worker as soon as one exits with an error, and rank 0 must get to report first.
+REPORT_GRACE_S = 10.0
 
 
 def setup_execution(ex: ExecutionConfig) -> torch.device:
@@ -598,8 +601,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             body(load(args), None)
         except (ConfigError, DataFileError):
+            time.sleep(REPORT_GRACE_S)
             return 2  # rank 0 prints the problems
         except cli.StepFailed:
+            time.sleep(REPORT_GRACE_S)
             return 1  # rank 0 reports it
         return 0
     return cli.run_step("train", args, products, body, load_config=load,
