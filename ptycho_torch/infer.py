@@ -10,7 +10,8 @@ PtychoPINN ``.npz``) with the trained model and writes into ``DIR``:
   after alignment, or ``"ground_truth": false`` and why nothing was scored;
 * ``reconstruction.png`` (ground truth, reconstruction, error), ``frc.png`` (FRC curves
   against the ground truth; for a simulated focused-disk probe also the first contrast
-  zeros of its defocus, :func:`ctf_zero_markers`) and ``scan_positions.png`` (scan and probe footprint).
+  zeros of its defocus, :func:`ctf_zero_markers`) and ``scan_positions.png`` (scan and
+  probe footprint).
 """
 
 from __future__ import annotations

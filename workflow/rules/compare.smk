@@ -30,10 +30,9 @@ None when nothing is trained), as the iterative reference does.
 
 BASELINE_EXP = f"{EXP}_baseline"  # the baseline's experiment name (its evidence directory)
 BASELINE_REPORTS = f"reports/$PTYCHO_RUN_ID/{BASELINE_EXP}"  # + /<step>, expanded by the shell
-# The baseline's steps declare the threads torch uses (execution.threads), so the scheduler
-# does not squeeze another job onto their cores: the comparison's times would measure that
-# contention. (The train, infer and iterative rules declare the same.)
-TIMED_THREADS = THREADS  # as the train rule (common.smk)
+# The baseline's steps declare the threads torch uses (THREADS, common.smk), as the train,
+# infer and iterative rules do, so the scheduler does not squeeze another job onto their
+# cores: the comparison's times would measure that contention.
 
 
 def baseline(step: str, name: str = "") -> str:
@@ -55,7 +54,7 @@ rule baseline_train:
         mode="--set training.mode=supervised --set " + shlex.quote(
             f"experiment={json.dumps(BASELINE_EXP)}"),
         out_dir=baseline("train"),
-    threads: TIMED_THREADS
+    threads: THREADS
     log:
         log_path("baseline_train"),
     benchmark:
@@ -80,7 +79,7 @@ rule baseline_infer:
     params:
         inference=set_args("inference"),
         out_dir=baseline("infer"),
-    threads: TIMED_THREADS
+    threads: THREADS
     log:
         log_path("baseline_infer"),
     benchmark:
