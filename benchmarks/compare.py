@@ -4,7 +4,8 @@
 
 Runs ``snakemake compare`` of the default experiment (or tests/configs/tiny.yaml with
 --tiny) from scratch in a temporary copy of the workflow: simulate, train the PINN and the
-supervised baseline, reconstruct the test set with both and with pty-chi, compare
+supervised baseline, reconstruct the test set with both, with pty-chi and with the hybrid
+(pty-chi started from the PINN's object), compare
 (``python -m ptycho_torch.compare``). From its ``comparison.json``:
 
 * per method: amplitude and phase PSNR (dB), training and reconstruction seconds (each
@@ -14,6 +15,11 @@ supervised baseline, reconstruct the test set with both and with pty-chi, compar
   the trained PINN reconstructs a new scan faster than pty-chi reaches its quality; null
   when pty-chi did not reach it within ``iterative.epochs``);
 * quality gap: PINN minus pty-chi PSNR after all its epochs, amplitude and phase (dB);
+* the hybrid (pty-chi from the PINN's object, the PINN's reconstruction time included):
+  its time to pty-chi's final amplitude and phase PSNR less 0.5 dB, pty-chi's own time to
+  it from its default start, and their ratio (< 1: the hybrid is faster);
+* break-even: scans after which training once plus reconstructing each costs less than
+  pty-chi per scan, at the PINN's quality (the PINN) and at pty-chi's (the hybrid);
 * wall: the whole ``snakemake compare`` invocation (all steps, training included).
 
 Without pty-chi (``make iterative``) the iterative figures are null. Timings on these
@@ -60,7 +66,26 @@ def summary(comparison: dict[str, Any], wall: float) -> dict[str, Any]:
             if reached and pinn["reconstruction_seconds"] else None),
         "quality_gap_pinn_minus_iterative_db": (
             {p: pinn[p]["psnr"] - it[p]["psnr"] for p in PARTS} if usable else None),
+        **hybrid_figures(comparison),
         "verdict": comparison["verdict"]}
+
+
+def hybrid_figures(comparison: dict[str, Any]) -> dict[str, Any]:
+    """The hybrid's time to the iterative method's final quality (its final PSNR - 0.5 dB)
+    against the iterative method's own, their ratio, and the break-even scan counts."""
+    finals = {(f["method"], f["target_of"]): f for f in comparison.get("time_to_final_quality", [])}
+    hy, it = (finals.get((m, "iterative"), {}) for m in ("pinn_iterative", "iterative"))
+    seconds = {"hybrid": hy.get("seconds"), "iterative": it.get("seconds")}
+    even = {b["method"]: b["scans"] for b in comparison.get("break_even", [])
+            if b["against"] == "iterative"}
+    return {"hybrid_seconds_to_iterative_quality": seconds["hybrid"],
+            "hybrid_epochs_to_iterative_quality": hy.get("epoch"),
+            "iterative_seconds_to_own_final_quality": seconds["iterative"],
+            "hybrid_over_iterative_time_to_iterative_quality": (
+                seconds["hybrid"] / seconds["iterative"] if None not in seconds.values()
+                else None),
+            "break_even_scans_at_pinn_quality": even.get("pinn"),
+            "break_even_scans_at_iterative_quality": even.get("pinn_iterative")}
 
 
 def _num(v: Any, fmt: str = ".3g") -> str:
@@ -70,11 +95,11 @@ def _num(v: Any, fmt: str = ".3g") -> str:
 def print_table(r: dict[str, Any]) -> None:
     print(f"method comparison, experiment {r['experiment']!r} (snakemake compare: "
           f"{r['wall_s']:.0f} s wall)")
-    print(f"{'method':12s} {'amp PSNR dB':>12s} {'phase PSNR dB':>14s} {'train s':>9s} "
+    print(f"{'method':15s} {'amp PSNR dB':>12s} {'phase PSNR dB':>14s} {'train s':>9s} "
           f"{'recon s':>9s}")
     for name, m in r["methods"].items():
         note = f"  ({m['unavailable']})" if m["unavailable"] else ""
-        print(f"{name:12s} {_num(m['amplitude_psnr_db'], '.2f'):>12s} "
+        print(f"{name:15s} {_num(m['amplitude_psnr_db'], '.2f'):>12s} "
               f"{_num(m['phase_psnr_db'], '.2f'):>14s} {_num(m['training_seconds']):>9s} "
               f"{_num(m['reconstruction_seconds']):>9s}{note}")
     print(f"iterative to the PINN's quality: {_num(r['iterative_seconds_to_pinn_quality'])} s "
@@ -84,6 +109,15 @@ def print_table(r: dict[str, Any]) -> None:
     gap = r["quality_gap_pinn_minus_iterative_db"] or {}
     print(f"quality gap PINN - iterative: amplitude {_num(gap.get('amplitude'), '+.2f')} dB, "
           f"phase {_num(gap.get('phase'), '+.2f')} dB")
+    print(f"to the iterative method's final PSNR - 0.5 dB: hybrid (PINN time included) "
+          f"{_num(r['hybrid_seconds_to_iterative_quality'])} s "
+          f"({_num(r['hybrid_epochs_to_iterative_quality'], 'd')} epochs), iterative from its "
+          f"own start {_num(r['iterative_seconds_to_own_final_quality'])} s: ratio "
+          f"{_num(r['hybrid_over_iterative_time_to_iterative_quality'])}")
+    print(f"break-even against the iterative method: {_num(r['break_even_scans_at_pinn_quality'], 'd')}"
+          f" scans at the PINN's quality (PINN), "
+          f"{_num(r['break_even_scans_at_iterative_quality'], 'd')} at the iterative quality "
+          "(hybrid)")
 
 
 def main() -> None:

@@ -66,6 +66,7 @@ COSTS = ("training_seconds", "reconstruction_seconds")  # lower is better
 COST_LABELS = {"training_seconds": "training", "reconstruction_seconds": "reconstruction"}
 NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 DIGITS = 4  # significant digits shown, and the resolution of a win
+FINAL_MARGIN_DB = 0.5  # "the solver's quality": its final PSNR less this
 
 
 # ---------------------------------------------------------------- evidence lookup
@@ -84,10 +85,13 @@ def producer(product: Path, reports_root: Path) -> tuple[Path, dict[str, Any]] |
 
 
 def _data_sha(manifest: dict[str, Any]) -> str | None:
-    """sha256 of the data file (.cxi/.npz/.h5) a step recorded reading."""
-    for name, entry in manifest.get("inputs", {}).items():
-        if Path(name).suffix in (".cxi", ".npz", ".h5") and isinstance(entry, dict):
-            return entry.get("sha256")
+    """sha256 of the data file a step recorded reading: its .cxi, else .h5, else .npz input
+    (a hybrid also reads the PINN's reconstruction.npz, beside the test data's CXI file)."""
+    inputs = manifest.get("inputs", {})
+    for suffix in (".cxi", ".h5", ".npz"):
+        for name, entry in inputs.items():
+            if Path(name).suffix == suffix and isinstance(entry, dict):
+                return entry.get("sha256")
     return None
 
 
@@ -156,12 +160,12 @@ def time_to_reach(curve: list[dict[str, Any]], psnr_db: dict[str, float]) -> dic
 
 
 def quality_matches(methods: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """For every method with a convergence curve (the iterative one) and every other scored
+    """For every untrained method with a convergence curve (the iterative one) and every other scored
     method: the time it needed to match that method's amplitude and phase PSNR, and the
     speed-up of the other method's reconstruction over that time (> 1: the other is faster
     to equal quality)."""
     out = []
-    for it in (m for m in methods if m.get("convergence")):
+    for it in (m for m in methods if m.get("convergence") and m["model_file"] is None):
         for other in (m for m in methods if m is not it and not m["unavailable"]):
             target = {part: other[part]["psnr"] for part in PARTS}
             reach = time_to_reach(it["convergence"], target)
@@ -170,6 +174,53 @@ def quality_matches(methods: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append({"method": it["name"], "matches": other["name"], "psnr_db": target,
                         **reach, "matched_reconstruction_seconds": seconds,
                         "speedup_of_matched": speedup})
+    return out
+
+
+def final_quality_matches(methods: list[dict[str, Any]],
+                          margin_db: float = FINAL_MARGIN_DB) -> list[dict[str, Any]]:
+    """For every method ``T`` with a convergence curve and every method ``A`` with one (``T``
+    itself included): the time ``A`` needed, on its own curve, to reach ``T``'s final
+    amplitude and phase PSNR less ``margin_db`` (e.g. the hybrid and the iterative solver
+    from its own start, to the solver's final quality)."""
+    curves = [m for m in methods if m.get("convergence") and not m["unavailable"]]
+    out = []
+    for target in curves:
+        psnr = {part: target[part]["psnr"] - margin_db for part in PARTS}
+        for m in curves:
+            out.append({"target_of": target["name"], "margin_db": margin_db, "psnr_db": psnr,
+                        "method": m["name"], **time_to_reach(m["convergence"], psnr)})
+    return out
+
+
+def break_even(methods: list[dict[str, Any]], matches: list[dict[str, Any]],
+               finals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Scans after which training once and reconstructing each scan costs less than an
+    untrained method's time per scan at the same quality: ``ceil(train / (t_other - t))``,
+    None when the trained method is not faster per scan. A trained method without a curve
+    is compared at its own PSNR (``matches``: the untrained method's time to it); one with a
+    curve (the hybrid) at the final quality of each untrained method with a curve
+    (``finals``: both methods' times to it)."""
+    out = []
+    by_name = {m["name"]: m for m in methods}
+    for m in (m for m in methods if m["training_seconds"] is not None and not m["unavailable"]):
+        pairs = ([(q["method"], f"{m['name']}'s PSNR", m["reconstruction_seconds"],
+                   q.get("seconds")) for q in matches if q["matches"] == m["name"]]
+                 if not m.get("convergence") else
+                 [(f["target_of"], f"{f['target_of']}'s final PSNR - {f['margin_db']:g} dB",
+                   f.get("seconds"),
+                   next((g.get("seconds") for g in finals if g["target_of"] == f["target_of"]
+                         and g["method"] == f["target_of"]), None))
+                  for f in finals if f["method"] == m["name"]
+                  and by_name[f["target_of"]]["model_file"] is None])
+        for other, quality, per_scan, other_per_scan in pairs:
+            gain = (other_per_scan - per_scan if per_scan is not None
+                    and other_per_scan is not None else None)
+            out.append({"method": m["name"], "against": other, "quality": quality,
+                        "training_seconds": m["training_seconds"], "seconds_per_scan": per_scan,
+                        "against_seconds_per_scan": other_per_scan,
+                        "scans": (math.ceil(m["training_seconds"] / gain)
+                                  if gain is not None and gain > 0 else None)})
     return out
 
 
@@ -223,8 +274,11 @@ def build_comparison(methods: list[dict[str, Any]], experiment: str) -> dict[str
                   "metrics": list(METRICS), "higher_is_better": list(METRICS),
                   "lower_is_better": list(COSTS), "winners": winners,
                   "not_like_for_like": notes, "time_to_quality": quality_matches(methods),
+                  "time_to_final_quality": final_quality_matches(methods),
                   "unavailable": {m["name"]: m["unavailable"] for m in methods
                                   if m["unavailable"]}}
+    comparison["break_even"] = break_even(methods, comparison["time_to_quality"],
+                                          comparison["time_to_final_quality"])
     comparison["verdict"] = verdict(comparison)
     return comparison
 
@@ -270,6 +324,12 @@ def verdict(comparison: dict[str, Any]) -> str:
         text += (f"; {match['method']} matched {match['matches']}'s PSNR after "
                  f"{match['epoch']} epochs, {_fmt(match['seconds'])} s" if match["reached"]
                  else f"; {match['method']} did not reach {match['matches']}'s PSNR")
+    for f in comparison.get("time_to_final_quality", []):
+        if f["method"] != f["target_of"]:
+            text += (f"; {f['method']} reached {f['target_of']}'s final PSNR - "
+                     f"{f['margin_db']:g} dB in {_fmt(f['seconds'])} s" if f["reached"]
+                     else f"; {f['method']} did not reach {f['target_of']}'s final PSNR - "
+                          f"{f['margin_db']:g} dB")
     for name, reason in comparison["unavailable"].items():
         text += f"; {name} not available ({reason.split(':')[0]})"
     if comparison["not_like_for_like"]:
@@ -309,6 +369,7 @@ def table_lines(comparison: dict[str, Any]) -> list[str]:
     first = comparison["methods"][0]
     region = first.get("region") or {}
     lines += ["", f"**Verdict:** {comparison['verdict']}", "", *time_to_quality_lines(comparison),
+              *final_quality_lines(comparison), *break_even_lines(comparison),
               f"Test object: {_fmt(first.get('n_test_patterns'))} patterns, scored region rows "
               f"{region.get('rows')}, cols {region.get('cols')} (the same for every method). "
               "Higher is better for PSNR, SSIM and FRC50 (cycles/px, 0.5 = Nyquist), lower for "
@@ -342,6 +403,34 @@ def time_to_quality_lines(comparison: dict[str, Any]) -> list[str]:
             "| method | target | epochs | seconds | that method's reconstruction (s) | "
             "that method's speed-up (> 1: it is faster) |", "|---|---|---|---|---|---|", *rows,
             ""]
+
+
+def final_quality_lines(comparison: dict[str, Any]) -> list[str]:
+    """Markdown table: each method with a curve, the time to each such method's final
+    quality (its final PSNR less the margin, amplitude and phase both)."""
+    rows = [f"| {f['method']} | {f['target_of']}'s final PSNR - {f['margin_db']:g} dB ("
+            + ", ".join(f"{p} {f['psnr_db'][p]:.4g} dB" for p in PARTS) + ") | "
+            + (f"{f['epoch']} | {_fmt(f['seconds'])} |" if f["reached"] else "not reached | |")
+            for f in comparison.get("time_to_final_quality", [])]
+    if not rows:
+        return []
+    return ["Time to an iterative method's final quality (seconds from counts, a hybrid's "
+            "including the PINN's reconstruction before its first epoch):", "",
+            "| method | target | epochs | seconds |", "|---|---|---|---|", *rows, ""]
+
+
+def break_even_lines(comparison: dict[str, Any]) -> list[str]:
+    """Markdown table: the whole cost, training once then reconstructing scan after scan."""
+    rows = [f"| {b['method']} | {b['against']} | {b['quality']} | {_fmt(b['training_seconds'])} | "
+            f"{_fmt(b['seconds_per_scan'])} | {_fmt(b['against_seconds_per_scan'])} | "
+            + (str(b["scans"]) if b["scans"] is not None else "never (not faster per scan)")
+            + " |" for b in comparison.get("break_even", [])]
+    if not rows:
+        return []
+    return ["Whole cost: training once, then each scan (break-even: the number of scans after "
+            "which training plus reconstructing costs less than the other method alone):", "",
+            "| method | against | at the quality of | training (s) | per scan (s) | "
+            "other per scan (s) | break-even scans |", "|---|---|---|---|---|---|---|", *rows, ""]
 
 
 def markdown_section(comparison: dict[str, Any], heading: str = "##") -> list[str]:

@@ -195,12 +195,15 @@ class InferenceConfig:
     phase_sync: bool = spec(True, "synchronise the patches' global phases so that overlaps "
                             "agree (angular synchronisation; a single pattern does not measure "
                             "its patch's global phase)")
-    calibration_iterations: int = spec(150, "Adam steps fitting each patch's global phase and "
-                                       "amplitude scale and one phase ramp of the stitched "
-                                       "object to the measured counts (0 = off)", lo=0, hi=100000)
-    calibration_learning_rate: float = spec(0.02, "Adam step size of that calibration (rad, and "
-                                            "log amplitude)", "rad",
-                                            lo=1e-5, hi=1.0)
+    calibration_iterations: int = spec(30, "at most this many L-BFGS steps fitting each "
+                                       "patch's global phase and amplitude scale to the "
+                                       "measured amplitudes (0 = off)", lo=0, hi=100000)
+    calibration_tolerance: float = spec(1e-4, "stop the calibration earlier when a step lowers "
+                                        "its loss by less than this fraction", lo=0.0, hi=1.0)
+    calibration_patterns: str = spec("half", "the patterns the calibration fits: one "
+                                     "interleaved half of the scan (half the cost; every patch "
+                                     "still overlaps several of them) or all",
+                                     choices=("half", "all"))
 
 
 @dataclass(frozen=True)

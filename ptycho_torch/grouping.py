@@ -91,3 +91,20 @@ def grouping_problems(n: int, cfg: ExperimentConfig) -> list[str]:
                         "positions to anchor them (set training.oversampling: true to reuse "
                         "anchors)")
     return problems
+
+
+def interleaved_halves(positions: np.ndarray) -> np.ndarray:
+    """Bool ``[n]``: True for the first of two interleaved halves of ``positions [n, 2]`` (px).
+
+    Positions are binned into square cells one scan step wide (the median distance to
+    the four nearest neighbours: on a jittered raster the row and column neighbours),
+    anchored at the scan's corner, and the cells coloured like a checkerboard: on a raster
+    every position's row and column neighbours fall in the other half, and both halves
+    span the whole scan at half its density.
+    """
+    if len(positions) < 2:
+        return np.ones(len(positions), bool)
+    k = min(5, len(positions))
+    step = float(np.median(cKDTree(positions).query(positions, k=k)[0][:, 1:]))
+    cells = np.floor((positions - positions.min(axis=0)) / max(step, 1e-9) + 0.5).astype(np.int64)
+    return (cells.sum(axis=1) % 2) == 0

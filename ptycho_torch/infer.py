@@ -40,8 +40,13 @@ from ptycho_torch.stitch import illumination, scanned_region, stitch
 from ptycho_torch.train import setup_execution
 
 LOG = logging.getLogger("ptycho_torch")
+# what the step does after the reconstruction, timed in its summary as <part>_seconds
+AFTER_PARTS = ("writing", "scoring", "quality", "figures")
 PRODUCTS = ("reconstruction.h5", "reconstruction.npz", "metrics.json", "reconstruction.png",
             "frc.png", "scan_positions.png", "quality.png")
+
+
+RECONSTRUCTION_PARTS = ("network", "phase_sync", "calibration", "stitching")
 
 
 @dataclass(frozen=True)
@@ -49,26 +54,37 @@ class Reconstruction:
     """A stitched object and how it was made."""
     obj: np.ndarray  # complex64 [H, W]
     stitching: dict  # JSON-able record of stitch()
-    network_seconds: float  # batched forward passes
-    stitch_seconds: float  # phase synchronisation, calibration, weighted average
+    seconds: dict[str, float]  # each of RECONSTRUCTION_PARTS: network = batched forward passes
+
+    @property
+    def total_seconds(self) -> float:
+        """From counts to the stitched object: the network and everything after it."""
+        return sum(self.seconds[p] for p in RECONSTRUCTION_PARTS)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_patches(model: PtychoPINN, data: PtychoData, cfg: ExperimentConfig,
                     device: torch.device) -> torch.Tensor:
     """Complex patch ``[n, N, N]`` at every scan position of ``data``.
 
     Each position anchors one group (as in training); its patch is the group's
-    first channel, after the overlap constraint when the model has one.
+    first channel, after the overlap constraint when the model has one. The convolutions
+    run in the channels-last memory layout (oneDNN's native one: 1.6x faster on 2 CPU
+    cores, the same numbers to float32 rounding); ``model`` is moved to it.
     """
     groups = group_indices(data.positions_px, cfg.model.gridsize ** 2, cfg.model.n_neighbours,
                            cfg.seed)
     offsets = torch.from_numpy(relative_offsets(data.positions_px, groups))
     counts = torch.from_numpy(data.counts)
     scale, bs = input_scale(counts), cfg.execution.inference_batch_size
-    model = model.to(device)
-    out = [model(counts[groups[i:i + bs]].to(device).sqrt() / scale,
-                 offsets[i:i + bs].to(device))[:, 0].cpu() for i in range(0, len(groups), bs)]
+    model = model.to(device, memory_format=torch.channels_last)
+
+    def batch(i: int) -> torch.Tensor:
+        amplitudes = counts[groups[i:i + bs]].to(device).sqrt() / scale
+        return amplitudes.contiguous(memory_format=torch.channels_last)
+
+    out = [model(batch(i), offsets[i:i + bs].to(device))[:, 0].cpu()
+           for i in range(0, len(groups), bs)]
     return torch.cat(out)
 
 
@@ -78,10 +94,23 @@ def reconstruct(model: PtychoPINN, data: PtychoData, cfg: ExperimentConfig,
     calibration on the counts' valid pixels) into the object ``[H, W]``."""
     t0 = time.perf_counter()
     patches = predict_patches(model, data, cfg, device)
-    t1 = time.perf_counter()
+    network = time.perf_counter() - t0
     obj, record = stitch(patches, data.positions_px, data.object_shape, data.probe,
                          cfg.inference, data.counts, ValidPixels.of(data))
-    return Reconstruction(obj, record, t1 - t0, time.perf_counter() - t1)
+    seconds = record.pop("seconds")  # timings go to the step summary, not metrics.json
+    return Reconstruction(obj, record, {"network": network, **seconds})
+
+
+class Clock:
+    """Seconds between successive :meth:`lap` calls (the first from construction)."""
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        seconds, self.last = now - self.last, now
+        return seconds
 
 
 def evaluate(obj: np.ndarray, data: PtychoData, source: Path) -> dict:
@@ -194,12 +223,15 @@ def write_figures(out_dir: Path, obj: np.ndarray, data: PtychoData, metrics: dic
                            data.object_pixel_size_m, region)
 
 
-def summarise(rep: StepReport, rec: Reconstruction, metrics: dict, n: int) -> None:
-    """Key numbers and the one-line verdict of the step."""
-    seconds = rec.network_seconds + rec.stitch_seconds
-    rep.record({"patterns": n, "network_seconds": rec.network_seconds,
-                "stitch_seconds": rec.stitch_seconds, "reconstruction_seconds": seconds,
+def summarise(rep: StepReport, rec: Reconstruction, metrics: dict, n: int,
+              after: dict[str, float]) -> None:
+    """Key numbers and the one-line verdict of the step; ``after``: the seconds of the parts
+    that follow the reconstruction (:data:`AFTER_PARTS`)."""
+    seconds = rec.total_seconds
+    rep.record({"patterns": n, **{f"{k}_seconds": v for k, v in rec.seconds.items()},
+                "reconstruction_seconds": seconds,
                 "patterns_per_second": n / max(seconds, 1e-9),
+                **{f"{k}_seconds": v for k, v in after.items()},
                 "ground_truth": metrics["ground_truth"]})
     if not metrics["ground_truth"]:
         rep.verdict = (f"reconstructed {n} patterns; metrics against ground truth skipped: "
@@ -238,14 +270,18 @@ def main(argv: list[str] | None = None) -> int:
         data = read_data(args.data, cfg.data)
         data = replace(data, probe=model.probe_for_data(data.probe))  # trained probe / scale
         rec = reconstruct(model, data, cfg, device)
+        after, clock = {}, Clock()
         history = figures.read_history(args.history) if args.history else []
         write_ptychodus(args.out_dir / "reconstruction.h5", rec.obj, data, history,
                         cfg.experiment)
         write_reconstruction_npz(args.out_dir / "reconstruction.npz", rec.obj, data)
+        after["writing"] = clock.lap()
         metrics = {**evaluate(rec.obj, data, args.data), "stitching": rec.stitching}
+        after["scoring"] = clock.lap()
         metrics["quality"] = quality.assess(  # no ground truth needed: R-factor, half-data FRC
             rec.obj, data, lambda d: predict_patches(model, d, cfg, device), cfg.inference,
             args.out_dir / "quality.png")
+        after["quality"] = clock.lap()
         rep.record(quality.key_numbers(metrics["quality"]))
         write_atomic(args.out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         rep.write_json("metrics.json", metrics)
@@ -253,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in PRODUCTS[3:]:
             figures.copy_into(args.out_dir / name, rep.directory)
         rep.write_json("stitching.json", rec.stitching)
-        summarise(rep, rec, metrics, len(data.counts))
+        after["figures"] = clock.lap()
+        summarise(rep, rec, metrics, len(data.counts), after)
 
     return cli.run_step(args.step, args, products, body, load_config=load,
                         inputs=[args.model, args.data] + ([args.history] if args.history else []))

@@ -16,6 +16,16 @@ methods are scored identically. ``metrics.json`` also holds
 * ``time_to_target``: the first checkpoint where amplitude and phase PSNR both reach
   ``iterative.target_psnr_db``.
 
+**The hybrid** (``--init-object results/EXP/infer/reconstruction.npz --step hybrid``, the
+method ``pinn_iterative``): the same solver and settings, started from the PINN's stitched
+object instead of 1 (pixels the PINN does not cover start at 1). Its times count the PINN's
+reconstruction (network, phase synchronisation, calibration, stitching: the
+``reconstruction_seconds`` of the infer step that wrote the file, from its manifest) before
+the solver's: ``reconstruction_seconds`` and every ``convergence`` point include them
+(``solver_seconds``: the solver's alone). ``initial_object`` records the file, its sha256,
+those seconds, and the largest difference between the task's object before its first epoch
+and the start (0: it starts from exactly the PINN's object).
+
 Conventions, ours -> pty-chi (checked by the tests: the reconstruction of a known object
 registers to it within a small fraction of a pixel):
 
@@ -45,18 +55,18 @@ import importlib.metadata
 import json
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from ptycho_torch import cli, figures, torchvision_compat
-from ptycho_torch.compare import PARTS, time_to_reach
+from ptycho_torch.compare import PARTS, producer, time_to_reach
 from ptycho_torch.config import ExperimentConfig, IterativeConfig
 from ptycho_torch.config_factory import ConfigError
 from ptycho_torch.data import PtychoData, read_data
-from ptycho_torch.reports import StepReport, write_atomic
+from ptycho_torch.reports import StepReport, sha256_file, write_atomic
 
 LOG = logging.getLogger("ptycho_torch")
 PTYCHI_REQUIREMENT = "ptychi==2.2.0"
@@ -123,13 +133,14 @@ def task_options(api: Any, cfg: IterativeConfig, seed: int, gpu: bool,
     return options
 
 
-def build_task(api: Any, task_class: type, data: PtychoData, options: Any) -> Any:
+def build_task(api: Any, task_class: type, data: PtychoData, options: Any,
+               start: np.ndarray) -> Any:
     """A pty-chi task on ``data``: counts ``[n, N, N]``, probe ``[N, N]`` / N, positions
-    ``[n, 2]`` (row, col) px, object ``[1, H, W]`` started at 1."""
+    ``[n, 2]`` (row, col) px, object ``[1, H, W]`` started at ``start [H, W]``."""
     mask = None if data.mask is None else data.valid_pixels()
     return task_class(
         options, diffraction_data=data.counts.astype(np.float32),
-        object_data=np.ones((1, *data.object_shape), np.complex64),
+        object_data=start[None].astype(np.complex64),
         probe_data=(data.probe / data.N)[None, None].astype(np.complex64),
         probe_position_x_px=data.positions_px[:, 1].astype(np.float64),
         probe_position_y_px=data.positions_px[:, 0].astype(np.float64),
@@ -159,18 +170,31 @@ def torch_defaults_kept() -> Iterator[None]:
         torch.set_default_dtype(dtype)
 
 
+@dataclass(frozen=True)
+class Solved:
+    """What :func:`reconstruct` returns."""
+    obj: np.ndarray  # complex64 [H, W]
+    probe: np.ndarray  # complex64 [N, N], our FFT convention
+    history: list[dict[str, float]]  # loss per epoch
+    seconds: float  # the solver's: task set-up and epochs
+    start_difference: float  # max |task's object before its first epoch - start|
+
+
 def reconstruct(data: PtychoData, cfg: ExperimentConfig, gpu: bool,
-                on_checkpoint: Callable[[int, float, np.ndarray], None]
-                ) -> tuple[np.ndarray, np.ndarray, list[dict[str, float]], float]:
-    """Run ``cfg.iterative`` on ``data``; ``on_checkpoint(epoch, seconds, object)`` at each
-    of :func:`checkpoint_epochs` (not timed). Returns the object ``[H, W]``, the probe
-    ``[N, N]`` in our FFT convention, the loss per epoch and the solver's seconds."""
+                on_checkpoint: Callable[[int, float, np.ndarray], None],
+                start: np.ndarray | None = None) -> Solved:
+    """Run ``cfg.iterative`` on ``data`` from the object ``start [H, W]`` (None: 1
+    everywhere); ``on_checkpoint(epoch, seconds, object)`` at each of
+    :func:`checkpoint_epochs` (not timed)."""
     api, task_class = import_ptychi()
+    start = np.ones(data.object_shape, np.complex64) if start is None else start
     with torch_defaults_kept():
         t0 = time.perf_counter()
         task = build_task(api, task_class, data, task_options(
-            api, cfg.iterative, cfg.seed, gpu, cfg.execution.deterministic))
+            api, cfg.iterative, cfg.seed, gpu, cfg.execution.deterministic), start)
         seconds, done = time.perf_counter() - t0, 0
+        initial = task.get_data_to_cpu("object", as_numpy=True)[0]  # not timed
+        difference = float(np.abs(initial - start).max())
         for epoch in checkpoint_epochs(cfg.iterative.epochs):
             t0 = time.perf_counter()
             task.run(epoch - done)
@@ -181,7 +205,8 @@ def reconstruct(data: PtychoData, cfg: ExperimentConfig, gpu: bool,
         obj = task.get_data_to_cpu("object", as_numpy=True)[0]
     history = [{"epoch": int(e) + 1, "loss": float(v)} for e, v in zip(table["epoch"],
                                                                       table["loss"])]
-    return obj.astype(np.complex64), probe.astype(np.complex64), history, seconds
+    return Solved(obj.astype(np.complex64), probe.astype(np.complex64), history, seconds,
+                  difference)
 
 
 def method_record(cfg: IterativeConfig) -> dict[str, Any]:
@@ -211,43 +236,87 @@ def run(args: argparse.Namespace, cfg: ExperimentConfig, rep: StepReport,
     from ptycho_torch.train import setup_execution
     gpu = setup_execution(cfg.execution).type == "cuda"
     data = read_data(args.data, cfg.data)
+    start, initial = (None, None) if args.init_object is None else starting_object(
+        args.init_object, data, args.report_dir.parent.parent.parent)
+    offset = initial["seconds"] if initial else 0.0  # a hybrid's time includes its start's
+    if initial:
+        rep.inputs.append(Path(initial["evidence"]))
     curve: list[dict[str, Any]] = []
 
     def checkpoint(epoch: int, seconds: float, obj: np.ndarray) -> None:
         if data.ground_truth is not None:
-            curve.append({"epoch": epoch, "seconds": seconds, **quality(obj, data)})
+            curve.append({"epoch": epoch, "seconds": offset + seconds, **quality(obj, data)})
             LOG.info("epoch %d, %.2f s: amplitude PSNR %.2f dB, phase PSNR %.2f dB", epoch,
-                     seconds, curve[-1]["amplitude"]["psnr"], curve[-1]["phase"]["psnr"])
+                     offset + seconds, curve[-1]["amplitude"]["psnr"],
+                     curve[-1]["phase"]["psnr"])
 
     try:
-        obj, probe, history, seconds = reconstruct(data, cfg, gpu, checkpoint)
+        solved = reconstruct(data, cfg, gpu, checkpoint, start)
     except IterativeUnavailable as exc:
         del products[len(ALWAYS):]  # what it writes without pty-chi
         write_unavailable(args.out_dir, rep, str(exc), args.data)
         return
     target = cfg.iterative.target_psnr_db
-    metrics = {**evaluate(obj, data, args.data), "method": method_record(cfg.iterative),
-               "reconstruction_seconds": seconds, "convergence": curve,
+    metrics = {**evaluate(solved.obj, data, args.data), "method": method_record(cfg.iterative),
+               "reconstruction_seconds": offset + solved.seconds,
+               "solver_seconds": solved.seconds, "convergence": curve,
                "time_to_target": {"psnr_db": target,
                                   **time_to_reach(curve, {p: target for p in PARTS})}}
-    solved = replace(data, probe=probe)  # the probe it used: refined, or the data's own
-    write_ptychodus(args.out_dir / "reconstruction.h5", obj, solved, history, cfg.experiment)
-    write_reconstruction_npz(args.out_dir / "reconstruction.npz", obj, solved)
+    if initial:
+        metrics["initial_object"] = {**initial,
+                                     "max_difference_before_first_epoch": solved.start_difference}
+    done = replace(data, probe=solved.probe)  # the probe it used: refined, or the data's own
+    write_ptychodus(args.out_dir / "reconstruction.h5", solved.obj, done, solved.history,
+                    cfg.experiment)
+    write_reconstruction_npz(args.out_dir / "reconstruction.npz", solved.obj, done)
     write_atomic(args.out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     rep.write_json("metrics.json", metrics)
-    write_figures(args.out_dir, obj, data, metrics)
+    write_figures(args.out_dir, solved.obj, data, metrics)
     for name in ("reconstruction.png", "frc.png", "scan_positions.png"):
         figures.copy_into(args.out_dir / name, rep.directory)
     summarise(rep, metrics, len(data.counts), cfg.iterative)
 
 
+def starting_object(path: Path, data: PtychoData, reports_root: Path
+                    ) -> tuple[np.ndarray, dict[str, Any]]:
+    """The object ``[H, W]`` of another method's ``reconstruction.npz`` as the solver's start
+    (pixels it does not cover, 0 there, start at 1 as pty-chi's default start does), and
+    its record: the file, its sha256, and the seconds of the reconstruction that made it,
+    from the manifest of the step that wrote the file (the newest verified one under
+    ``reports_root``, :func:`ptycho_torch.compare.producer`), so that a hybrid's time counts
+    its start's. Raises :class:`ConfigError` for a file that does not fit ``data`` or that
+    no step records making."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            obj = f["object"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise ConfigError([f"--init-object: {path} is not a reconstruction.npz with an "
+                           f"'object' array ({exc})"]) from None
+    if obj.shape != data.object_shape:
+        raise ConfigError([f"--init-object: {path} holds a {obj.shape} object, the data's "
+                           f"frame is {data.object_shape}"])
+    made = producer(path, reports_root)
+    seconds = (made[1].get("numbers") or {}).get("reconstruction_seconds") if made else None
+    if not isinstance(seconds, (int, float)):
+        raise ConfigError([f"--init-object: no step manifest under {reports_root} records "
+                           f"making {path} with its reconstruction_seconds, so the hybrid's "
+                           "time could not include its start's"])
+    start = np.where(np.abs(obj) > 0, obj, 1).astype(np.complex64)
+    return start, {"file": str(path), "sha256": sha256_file(path), "seconds": float(seconds),
+                   "evidence": str(made[0]), "method": made[1].get("step")}
+
+
 def summarise(rep: StepReport, metrics: dict[str, Any], n: int, cfg: IterativeConfig) -> None:
     """Key numbers and the one-line verdict."""
-    seconds = metrics["reconstruction_seconds"]
+    seconds, solver = metrics["reconstruction_seconds"], metrics["solver_seconds"]
     rep.record({"available": True, "engine": cfg.engine, "epochs": cfg.epochs, "patterns": n,
-                "reconstruction_seconds": seconds,
-                "seconds_per_epoch": seconds / cfg.epochs,
-                "patterns_per_second": n * cfg.epochs / max(seconds, 1e-9)})
+                "reconstruction_seconds": seconds, "solver_seconds": solver,
+                "seconds_per_epoch": solver / cfg.epochs,
+                "patterns_per_second": n * cfg.epochs / max(solver, 1e-9)})
+    if "initial_object" in metrics:
+        start = metrics["initial_object"]
+        rep.record({"initial_object": start["file"], "initial_seconds": start["seconds"],
+                    "initial_max_difference": start["max_difference_before_first_epoch"]})
     if not metrics["ground_truth"]:
         rep.verdict = f"{cfg.engine} {cfg.epochs} epochs in {seconds:.1f} s (no ground truth)"
         return
@@ -269,6 +338,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="data to reconstruct (.cxi, or a PtychoPINN .npz)")
     parser.add_argument("--out-dir", type=Path, required=True,
                         help=f"writes {', '.join(ALWAYS + WITH_PTYCHI)} here")
+    parser.add_argument("--init-object", type=Path,
+                        help="start from the object of this reconstruction.npz (the hybrid: "
+                             "the PINN's), its reconstruction seconds counted in this step's")
+    parser.add_argument("--step", choices=("iterative", "hybrid"), default="iterative",
+                        help="step name in the evidence: the --report-dir's last part")
     cli.add_execution_args(parser)
     cli.add_report_arg(parser)
     args = parser.parse_args(argv)
@@ -276,13 +350,16 @@ def main(argv: list[str] | None = None) -> int:
 
     def load(a: argparse.Namespace) -> ExperimentConfig:
         cfg = cli.config_from_args(a)
-        if not a.data.is_file():
-            raise ConfigError([f"--data: {a.data} not found"])
+        missing = [f"{flag}: {f} not found" for flag, f in (("--data", a.data),
+                                                             ("--init-object", a.init_object))
+                   if f is not None and not f.is_file()]
+        if missing:
+            raise ConfigError(missing)
         return cfg
 
-    return cli.run_step("iterative", args, products,
+    return cli.run_step(args.step, args, products,
                         lambda cfg, rep: run(args, cfg, rep, products), load_config=load,
-                        inputs=[args.data])
+                        inputs=[args.data] + ([args.init_object] if args.init_object else []))
 
 
 if __name__ == "__main__":

@@ -310,10 +310,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def load_checkpoint_config(path: str | Path) -> ExperimentConfig:
+    """The experiment a checkpoint was trained in. Its ``inference`` and ``iterative``
+    sections are left out (defaults): they do not shape the weights, reconstruction settings
+    come from the step that uses the model, and a checkpoint written before a setting there
+    was renamed still loads."""
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or "config" not in ckpt or "state_dict" not in ckpt:
         raise ConfigError([f"model: {path} lacks 'config' or 'state_dict'"])
-    return resolve_config(ckpt["config"])
+    config = ckpt["config"]
+    if isinstance(config, dict):
+        config = {k: v for k, v in config.items() if k not in ("inference", "iterative")}
+    return resolve_config(config)
 
 
 def load_model(path: str | Path, cfg: ExperimentConfig) -> PtychoPINN:

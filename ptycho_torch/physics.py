@@ -22,9 +22,13 @@ it: it samples the object exactly by Fourier interpolation
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 
+import numpy as np
 import torch
+from scipy import sparse
 
 
 def _bilinear_indices(positions: torch.Tensor, N: int) -> tuple[torch.Tensor, torch.Tensor,
@@ -67,6 +71,71 @@ def place_patches(patches: torch.Tensor, positions: torch.Tensor,
     canvas = patches.new_zeros(shape)
     index = (rows[:, :, None].expand(-1, -1, N + 1), cols[:, None, :].expand(-1, N + 1, -1))
     return canvas.index_put_(index, big, accumulate=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchOperator:
+    """:func:`extract_patches` at fixed positions as a sparse matrix, and its transpose
+    (:func:`place_patches`): the same bilinear weights, for work that applies them many times
+    (the calibration of :mod:`ptycho_torch.stitch`). No autograd; float32 weights.
+
+    ``matrix``: CSR ``[n N N, H W]``, four entries per patch pixel; ``transpose``: CSR
+    ``[H W, n N N]``. Build with :meth:`at`.
+    """
+    matrix: torch.Tensor
+    transpose: torch.Tensor
+    n: int
+    N: int
+    shape: tuple[int, int]
+
+    @classmethod
+    def at(cls, positions: np.ndarray, N: int, shape: tuple[int, int]) -> PatchOperator:
+        """The operator for probe centres ``positions [n, 2]`` (px) on an object ``shape``;
+        every patch must lie inside the object (as for :func:`extract_patches`)."""
+        rows, cols, fr, fc = _bilinear_indices(torch.from_numpy(np.asarray(positions)), N)
+        if len(positions) and (rows.min() < 0 or cols.min() < 0 or rows.max() >= shape[0]
+                               or cols.max() >= shape[1]):
+            raise ValueError(f"patches of {N} px at these positions leave the {shape} object")
+        top, left = rows[:, :N].numpy(), cols[:, :N].numpy()  # [n, N]
+        a, b = fr.numpy()[:, 0, 0, None, None], fc.numpy()[:, 0, 0, None, None]
+        corners = [(0, 0, (1 - a) * (1 - b)), (0, 1, (1 - a) * b), (1, 0, a * (1 - b)),
+                   (1, 1, a * b)]  # ascending flat index within each patch pixel's row
+        flat = [((top[:, :, None] + dr) * shape[1] + left[:, None, :] + dc) for dr, dc, _ in corners]
+        weights = [np.broadcast_to(w, (len(top), N, N)) for _, _, w in corners]
+        K = len(top) * N * N
+        m = sparse.csr_matrix((np.stack(weights, -1).reshape(-1).astype(np.float32),
+                               np.stack(flat, -1).reshape(-1).astype(np.int32),
+                               np.arange(0, 4 * K + 1, 4, dtype=np.int32)),
+                              shape=(K, shape[0] * shape[1]))
+        return cls(_torch_csr(m), _torch_csr(m.T.tocsr()), len(top), N, tuple(shape))
+
+    def extract(self, obj: torch.Tensor) -> torch.Tensor:
+        """Patches ``[n, N, N]`` of the object ``[H, W]`` (real or complex)."""
+        return _sparse_apply(self.matrix, obj).reshape(self.n, self.N, self.N)
+
+    def place(self, patches: torch.Tensor) -> torch.Tensor:
+        """The adjoint: patches ``[n, N, N]`` summed into an ``[H, W]`` canvas."""
+        return _sparse_apply(self.transpose, patches).reshape(self.shape)
+
+
+def _torch_csr(m: sparse.csr_matrix) -> torch.Tensor:
+    """A torch CSR tensor (int32 indices: MKL's, no conversion at each product)."""
+    m.sort_indices()
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": products are tested
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(m.indptr.astype(np.int32, copy=False)),
+            torch.from_numpy(m.indices.astype(np.int32, copy=False)),
+            torch.from_numpy(m.data.astype(np.float32, copy=False)), size=m.shape,
+            check_invariants=False)
+
+
+def _sparse_apply(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``m @ x.ravel()`` for a real CSR ``m`` and a real or complex ``x`` (float32 result)."""
+    if x.is_complex():
+        columns = torch.view_as_real(x.to(torch.complex64).reshape(-1))
+        return torch.view_as_complex((m @ columns).contiguous())
+    return (m @ x.to(torch.float32).reshape(-1, 1))[:, 0]
 
 
 def far_field(exit_wave: torch.Tensor) -> torch.Tensor:

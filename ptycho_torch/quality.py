@@ -44,11 +44,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from scipy import stats
-from scipy.spatial import cKDTree
 
 from ptycho_torch import physics
 from ptycho_torch.config import InferenceConfig
 from ptycho_torch.data import PtychoData, select_patterns
+from ptycho_torch.grouping import interleaved_halves
 from ptycho_torch.metrics import align, frc, frc_threshold_crossing, half_bit_threshold
 from ptycho_torch.stitch import scanned_region, stitch
 
@@ -129,23 +129,6 @@ def r_factor(counts: np.ndarray, predicted: np.ndarray, valid: np.ndarray) -> di
 
 
 # ----------------------------------------------------------------- half-data FRC
-
-def interleaved_halves(positions: np.ndarray) -> np.ndarray:
-    """Bool ``[n]``: True for the first of two interleaved halves of ``positions [n, 2]`` (px).
-
-    Positions are binned into square cells one scan step wide (the median distance to
-    the four nearest neighbours: on a jittered raster the row and column neighbours),
-    anchored at the scan's corner, and the cells coloured like a checkerboard: on a raster
-    every position's row and column neighbours fall in the other half, and both halves
-    span the whole scan at half its density.
-    """
-    if len(positions) < 2:
-        return np.ones(len(positions), bool)
-    k = min(5, len(positions))
-    step = float(np.median(cKDTree(positions).query(positions, k=k)[0][:, 1:]))
-    cells = np.floor((positions - positions.min(axis=0)) / max(step, 1e-9) + 0.5).astype(np.int64)
-    return (cells.sum(axis=1) % 2) == 0
-
 
 def half_frc(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
     """FRC of two complex reconstructions ``a``, ``b`` ``[h, w]`` of the same region.

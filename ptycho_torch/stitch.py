@@ -8,11 +8,12 @@ network's patches disagree on it. Two steps fix that, neither using ground truth
    of the Hermitian matrix of pairwise overlaps). Small systematic errors in the
    patches' phase gradients still add up to a drift across the object.
 2. :func:`calibrate_patches` then adjusts one complex factor per patch (its
-   global phase and amplitude scale) and one global phase ramp (``2n + 2``
-   numbers; the shapes of the patches are untouched) so that the *stitched*
-   object best explains the measured counts (Poisson NLL through the same
-   forward model as training). The stitched object couples neighbours, so the
-   data do determine these constants there.
+   global phase and amplitude scale: ``2n`` numbers; the shapes of the patches are
+   untouched) so that the *stitched* object best explains the measured amplitudes
+   through the same forward model as training. The stitched object couples
+   neighbours, so the data do determine these constants there. (A global phase ramp
+   as a further unknown changed nothing on the default experiment: 29.72 / 35.40 dB
+   amplitude / phase PSNR with it, 29.72 / 35.44 without.)
 
 :func:`stitch` forms the weighted average on the object canvas.
 """
@@ -20,15 +21,18 @@ network's patches disagree on it. Two steps fix that, neither using ground truth
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import sparse
+from scipy import optimize, sparse
 from scipy.sparse.linalg import eigsh
 from scipy.spatial import cKDTree
 from threadpoolctl import threadpool_limits
 
 from ptycho_torch import physics
+from ptycho_torch.grouping import interleaved_halves
 from ptycho_torch.config import InferenceConfig
 from ptycho_torch.model import ValidPixels, poisson_loss
 
@@ -96,40 +100,93 @@ def _average(patches: torch.Tensor, pos: torch.Tensor, shape: tuple[int, int],
     return torch.where(den > 1e-3, num / den.clamp_min(1e-3), 0)
 
 
-def _ramp(shape: tuple[int, int], gradient: torch.Tensor) -> torch.Tensor:
-    """``exp(i (g_r * row + g_c * col))`` over ``shape``; ``gradient`` in rad/px."""
-    rows = torch.arange(shape[0], dtype=torch.float64)[:, None]
-    cols = torch.arange(shape[1], dtype=torch.float64)[None, :]
-    return torch.exp(1j * (gradient[0] * rows + gradient[1] * cols))
+# The calibration's log-amplitude variable is a / AMPLITUDE_UNIT: the amplitude loss is more
+# curved in a than in the phases, and L-BFGS converged faster with this unit (default
+# experiment, 30 steps: 29.54 / 35.46 dB amplitude / phase PSNR; 29.44 / 35.22 with 1.0).
+AMPLITUDE_UNIT = 0.5
 
 
-def calibrate_patches(patches: torch.Tensor, pos: torch.Tensor, shape: tuple[int, int],
-                      weight: torch.Tensor, den: torch.Tensor, probe: torch.Tensor,
-                      counts: torch.Tensor, valid: torch.Tensor | None, iterations: int,
-                      lr: float) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
-    """Per-patch complex factors ``[n]`` and a global ramp ``[2]`` (rad/px) fitted to the counts.
+@dataclass(frozen=True)
+class Calibration:
+    """What :func:`calibrate_patches` found: one complex factor per patch and how the fit went."""
+    factors: torch.Tensor  # complex64 [n]: exp(log amplitude + i phase)
+    record: dict  # JSON-able: loss, iterations, evaluations, loss first/last, why it stopped
 
-    Minimises the Poisson NLL of ``counts [n, N, N]`` over the ``valid`` pixels (bool
-    broadcasting to the counts, :class:`ValidPixels`; None = all) predicted from the stitched
-    object ``average(p_i exp(a_i + i t_i)) * e^{i g.x}`` with Adam; returns the
-    factors ``exp(a + i t)``, ``g`` and the loss per iteration. The ramp is
-    optimised in units of 0.01 rad/px so that one learning rate suits all.
+
+def calibrate_patches(patches: torch.Tensor, positions: np.ndarray, shape: tuple[int, int],
+                      weight: torch.Tensor, probe: torch.Tensor, counts: np.ndarray,
+                      valid: torch.Tensor | None, cfg: InferenceConfig) -> Calibration:
+    """Per-patch complex factors ``c_i = exp(a_i + i t_i)`` fitted to the measured counts.
+
+    The stitched object ``O(c) = sum_i A_i^T(w c_i p_i) / sum_i A_i^T(w)`` (``patches [n, N,
+    N]``, stitching weight ``w [N, N]``, ``A_i`` the bilinear extraction at ``positions``)
+    predicts the amplitude ``|F(P A_j O)|`` of every pattern ``j``; the factors minimise the
+    mean squared difference to ``sqrt(counts)`` over the ``valid`` pixels (bool
+    broadcasting to ``counts [n, N, N]``; None = all), the Gaussian amplitude model of
+    iterative ptychography (it converges in fewer steps than the Poisson likelihood here,
+    and ``sqrt`` stabilises the Poisson variance). L-BFGS (scipy) with the analytic
+    gradient in float32 through :class:`physics.PatchOperator`, from ``c = 1`` (log amplitudes
+    in units of :data:`AMPLITUDE_UNIT`), for at most
+    ``cfg.calibration_iterations`` steps and until a step lowers the loss by less than the
+    fraction ``cfg.calibration_tolerance``. With ``calibration_patterns: half`` only one
+    interleaved half of the patterns (:func:`fit_patterns`) is fitted: every patch still
+    covers several of them, at half the cost.
     """
-    log_factor = torch.zeros(len(patches), dtype=torch.complex128, requires_grad=True)
-    g = torch.zeros(2, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.Adam([log_factor, g], lr=lr)
-    probe, counts, N = probe.to(torch.complex128), counts.to(torch.float64), patches.shape[-1]
-    losses = []
-    for _ in range(iterations):
-        scaled = patches * torch.exp(log_factor)[:, None, None]
-        obj = _average(scaled, pos, shape, weight, den) * _ramp(shape, 0.01 * g)
-        loss = poisson_loss(physics.forward_intensity(probe, physics.extract_patches(obj, pos, N)),
-                            counts, valid)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return torch.exp(log_factor.detach()), 0.01 * g.detach(), losses
+    n, N = patches.shape[0], patches.shape[-1]
+    fit = fit_patterns(positions, cfg.calibration_patterns)
+    stitched = physics.PatchOperator.at(positions, N, shape)
+    seen = stitched if fit.all() else physics.PatchOperator.at(positions[fit], N, shape)
+    q = (weight * patches).to(torch.complex64)  # [n, N, N]
+    den = stitched.place(weight.expand(n, -1, -1)).clamp_min(1e-3)  # [H, W]
+    root = torch.fft.ifftshift(torch.from_numpy(counts[fit]).float().sqrt(), dim=(-2, -1))
+    keep = (None if valid is None else torch.fft.ifftshift(
+        torch.as_tensor(valid).expand(counts.shape)[torch.from_numpy(fit)].float(),
+        dim=(-2, -1)))  # the pixels fitted, in the FFT's (unshifted) order; None: all
+    q_conj = q.conj().reshape(n, -1, 1).resolve_conj()
+    P, size, losses = probe.to(torch.complex64), root.numel(), []
+
+    def factors(x: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(x).float()  # [2n]: log amplitudes / AMPLITUDE_UNIT, phases (rad)
+        return torch.polar(torch.exp(AMPLITUDE_UNIT * t[:n]), t[n:])
+
+    def loss_and_gradient(x: np.ndarray) -> tuple[float, np.ndarray]:
+        f = factors(x)
+        obj = stitched.place(q * f[:, None, None]) / den
+        far = torch.fft.fft2(P * seen.extract(obj), norm="ortho")
+        amplitude = torch.linalg.vector_norm(torch.view_as_real(far), dim=-1)
+        residual = amplitude - root if keep is None else (amplitude - root) * keep
+        loss = float(torch.linalg.vector_norm(residual)) ** 2 / size
+        ratio = residual.div_(amplitude.clamp_min_(1e-12)).mul_(2 / size)
+        grad_exit = torch.fft.ifft2(far.mul_(ratio), norm="ortho")
+        grad_obj = seen.place(grad_exit.mul_(P.conj())) / den
+        grad_patches = stitched.extract(grad_obj).view(n, 1, -1)
+        grad_f = (grad_patches @ q_conj).view(n)  # dL/dRe f + i dL/dIm f, per patch
+        h = grad_f.conj() * f
+        losses.append(loss)
+        return loss, torch.cat([AMPLITUDE_UNIT * h.real, -h.imag]).double().numpy()
+
+    with threadpool_limits(1, user_api="blas"):  # L-BFGS-B's small vectors: BLAS threads
+        result = optimize.minimize(  # would only spin, taking torch's cores
+            loss_and_gradient, np.zeros(2 * n), jac=True, method="L-BFGS-B",
+            options={"maxiter": cfg.calibration_iterations, "ftol": cfg.calibration_tolerance,
+                     "gtol": 0.0})
+    return Calibration(factors(result.x), {
+        "calibration_loss": "mean squared amplitude difference over the valid pixels",
+        "calibration_patterns_fitted": int(fit.sum()),
+        "calibration_iterations": int(result.nit),
+        "calibration_evaluations": int(result.nfev),
+        "calibration_loss_first_last": [losses[0], float(result.fun)],
+        "calibration_stopped": str(result.message)})
+
+
+def fit_patterns(positions: np.ndarray, which: str) -> np.ndarray:
+    """Bool ``[n]``: the patterns the calibration fits, ``all`` or ``half`` (one of the two
+    interleaved halves of the scan that the half-data FRC also uses, when both halves hold at
+    least 4 patterns)."""
+    first = interleaved_halves(positions)
+    if which == "all" or min(first.sum(), (~first).sum()) < 4:
+        return np.ones(len(positions), bool)
+    return first
 
 
 def stitch(patches: torch.Tensor, positions: np.ndarray, shape: tuple[int, int],
@@ -141,32 +198,37 @@ def stitch(patches: torch.Tensor, positions: np.ndarray, shape: tuple[int, int],
     Weighted average ``sum_i A_i^T(w p_i) / sum_i A_i^T(w)`` with ``A_i`` the
     (sub-pixel) patch extraction of :mod:`ptycho_torch.physics` and ``w = |P|^2``
     (``probe_weighted``) or 1 (``uniform``). Pixels no patch covers are 0. With
-    ``counts [n, N, N]`` and ``cfg.calibration_iterations > 0`` the phases are
+    ``counts [n, N, N]`` and ``cfg.calibration_iterations > 0`` the patches' factors are
     calibrated on the data's valid ``pixels`` (:func:`calibrate_patches`; give
     ``ValidPixels.of(data)`` for data with a detector mask or saturation). Returns the
-    object and a JSON-able record of what was done.
+    object and a JSON-able record of what was done, with the ``seconds`` of each part
+    (``phase_sync``, ``calibration``, ``stitching``: the weighted average).
     """
     pos = torch.from_numpy(positions)
     weight = torch.from_numpy(np.abs(probe) ** 2) if cfg.stitch == "probe_weighted" \
         else torch.ones(probe.shape)
-    weight = (weight / weight.max()).to(torch.float64)
-    patches = patches.to(torch.complex128)
-    den = physics.place_patches(weight.expand(len(pos), -1, -1), pos, shape)
+    weight = (weight / weight.max()).to(torch.float32)
+    patches = patches.to(torch.complex64)
     record: dict = {"stitch": cfg.stitch, "phase_sync": cfg.phase_sync}
+    seconds = {"phase_sync": 0.0, "calibration": 0.0}
+    t0 = time.perf_counter()
     if cfg.phase_sync:
         patches = synchronise_phases(patches, positions, weight)
-    ramp = torch.zeros(2, dtype=torch.float64)
+    seconds["phase_sync"] = time.perf_counter() - t0
     if counts is not None and cfg.calibration_iterations > 0:
-        counts_t = torch.from_numpy(counts)
-        factors, ramp, losses = calibrate_patches(
-            patches, pos, shape, weight, den, torch.from_numpy(probe), counts_t, pixels(counts_t),
-            cfg.calibration_iterations, cfg.calibration_learning_rate)
-        patches = patches * factors[:, None, None]
-        record.update({"calibration_iterations": cfg.calibration_iterations,
-                       "calibration_loss_first_last": [losses[0], losses[-1]],
-                       "calibration_ramp_rad_per_px": ramp.tolist()})
-    obj = _average(patches, pos, shape, weight, den) * _ramp(shape, ramp)
-    return obj.numpy().astype(np.complex64), record
+        t0 = time.perf_counter()
+        calibration = calibrate_patches(patches, positions, shape, weight,
+                                        torch.from_numpy(probe), counts,
+                                        pixels(torch.from_numpy(counts)), cfg)
+        patches = patches * calibration.factors[:, None, None]
+        record.update(calibration.record)
+        seconds["calibration"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    den = physics.place_patches(weight.expand(len(pos), -1, -1), pos, shape)
+    obj = _average(patches, pos, shape, weight, den).numpy().astype(np.complex64)
+    seconds["stitching"] = time.perf_counter() - t0
+    record["seconds"] = seconds
+    return obj, record
 
 
 def illumination(probe: np.ndarray, positions: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

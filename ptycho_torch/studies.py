@@ -9,8 +9,9 @@ workflow/rules/studies.smk) reads one ``comparison.json`` (:mod:`ptycho_torch.co
 value of the studied setting and writes
 
 * ``quality.json``: per value, per method: amplitude and phase PSNR (dB), SSIM, FRC50
-  (cycles/px), training and reconstruction seconds, "unavailable" reasons, and the
-  iterative method's time to each other method's quality;
+  (cycles/px), training and reconstruction seconds, "unavailable" reasons, the
+  iterative method's time to each other method's quality, each iterative method's (the
+  hybrid's too) time to each one's final quality, and the break-even scan counts;
 * ``quality.csv``: the same, one row per (value, method);
 * ``quality.md``: one Markdown table per quality metric (values down, methods across);
 * ``quality.png``: each metric against the setting, one line per method (log axis when the
@@ -96,7 +97,9 @@ def read_point(value: Any, path: Path) -> dict[str, Any]:
         raise ConfigError([f"--point {value!r}: {path} is not a readable comparison.json "
                            f"({exc!r})"]) from None
     return {"value": value, "experiment": comparison.get("experiment"), "comparison": str(path),
-            "methods": methods, "time_to_quality": comparison.get("time_to_quality", [])}
+            "methods": methods,
+            **{k: comparison.get(k, []) for k in ("time_to_quality", "time_to_final_quality",
+                                                   "break_even")}}
 
 
 def method_names(points: list[dict[str, Any]]) -> list[str]:

@@ -18,7 +18,7 @@ from ptycho_torch.reports import RUN_ID_PATTERN, StepReport, load_manifest, sha2
 
 EXP = "tiny"
 QUALITY = [f"{p}.{k}" for p in compare.PARTS for k in compare.METRICS]
-BASELINE_RULES = {"baseline_train", "baseline_infer", "iterative", "comparison"}
+BASELINE_RULES = {"baseline_train", "baseline_infer", "iterative", "hybrid", "comparison"}
 
 
 # ---------------------------------------------------------------- the table builder
@@ -177,6 +177,44 @@ def test_the_iterative_curve_is_matched_against_each_other_method(two_methods):
     assert "| it | b's PSNR (amplitude 18 dB, phase 12 dB) | 2 | 0.9 | 0.2 | 4.5 |" in text
 
 
+def test_final_quality_and_break_even_of_a_hybrid(two_methods):
+    """it (no model; final 20 / 12 dB) and hy (a hybrid: a curve and a's model) against a
+    (trained 1 s, 20 / 10 dB in 0.5 s) and b (trained 3 s, 18 / 12 dB in 0.2 s)."""
+    it = json.loads(Path("results/a/metrics.json").read_text())
+    it["convergence"] = convergence([(1, 0.4, 17.0, 9.0), (2, 0.9, 19.0, 12.0),
+                                     (3, 1.5, 20.0, 12.0)])
+    it["phase"] = {**it["phase"], "psnr": 12.0}  # its last checkpoint
+    hy = {**it, "convergence": convergence([(1, 0.7, 19.6, 12.5)]),
+          "amplitude": {**it["amplitude"], "psnr": 19.6}, "phase": {**it["phase"], "psnr": 12.5}}
+    for name, m in (("it", it), ("hy", hy)):
+        Path(f"results/{name}").mkdir()
+        Path(f"results/{name}/metrics.json").write_text(json.dumps(m))
+    models = {"a": "results/a/model.pt", "b": "results/b/model.pt", "it": None,
+              "hy": "results/a/model.pt"}
+    rows = [compare.method_entry(n, Path(f"results/{n}/metrics.json"),
+                                 Path(f) if f else None, Path("reports"))
+            for n, f in models.items()]
+    c = compare.build_comparison(rows, EXP)
+    finals = {(f["method"], f["target_of"]): f for f in c["time_to_final_quality"]}
+    assert finals["it", "it"]["psnr_db"] == {"amplitude": 19.5, "phase": 11.5}
+    assert (finals["it", "it"]["epoch"], finals["it", "it"]["seconds"]) == (3, 1.5)
+    assert (finals["hy", "it"]["epoch"], finals["hy", "it"]["seconds"]) == (1, 0.7)
+    assert finals["it", "hy"]["seconds"] == 1.5 and finals["hy", "hy"]["seconds"] == 0.7
+    assert {q["method"] for q in c["time_to_quality"]} == {"it"}  # hy is trained: no match rows
+    even = {(b["method"], b["against"]): b for b in c["break_even"]}
+    assert set(even) == {("a", "it"), ("b", "it"), ("hy", "it")}
+    assert even["a", "it"]["scans"] == 1  # 1 s / (1.5 - 0.5 s)
+    assert even["b", "it"]["scans"] == 5  # 3 s / (0.9 - 0.2 s) = 4.3
+    assert even["hy", "it"]["scans"] == 2  # 1 s / (1.5 - 0.7 s) = 1.25
+    assert even["hy", "it"]["quality"] == "it's final PSNR - 0.5 dB"
+    assert "hy reached it's final PSNR - 0.5 dB in 0.7 s" in c["verdict"]
+    text = "\n".join(compare.table_lines(c))
+    assert "| hy | it | it's final PSNR - 0.5 dB | 1 | 0.7 | 1.5 | 2 |" in text
+    slow = compare.break_even([{**rows[0], "reconstruction_seconds": 9.0}],
+                              c["time_to_quality"], [])
+    assert slow[0]["scans"] is None  # slower per scan than it: never pays off
+
+
 def test_an_unavailable_method_keeps_its_row_and_the_rest_is_compared(two_methods):
     Path("results/it").mkdir()
     reason = "pty-chi not installed: run `make iterative`"
@@ -291,13 +329,17 @@ def compared(tmp_path_factory) -> tuple[Path, Path]:
 def test_compare_run_scores_both_methods_and_says_the_iterative_one_is_missing(compared):
     workdir, _ = compared
     c = json.loads((workdir / f"results/{EXP}/compare/comparison.json").read_text())
-    assert [m["name"] for m in c["methods"]] == ["pinn", "supervised", "iterative"]
-    iterative = c["methods"].pop()
-    assert iterative["unavailable"].startswith("pty-chi not installed: run `make iterative`")
-    assert "pty-chi hidden by tests/test_compare.py" in iterative["unavailable"]
-    assert c["unavailable"] == {"iterative": iterative["unavailable"]}
-    log = (workdir / f"results/{EXP}/iterative/metrics.json").read_text()
-    assert "pty-chi not installed" in log
+    assert [m["name"] for m in c["methods"]] == ["pinn", "supervised", "iterative",
+                                                 "pinn_iterative"]
+    hybrid, iterative = c["methods"].pop(), c["methods"].pop()
+    for m in (iterative, hybrid):
+        assert m["unavailable"].startswith("pty-chi not installed: run `make iterative`")
+        assert "pty-chi hidden by tests/test_compare.py" in m["unavailable"]
+    assert c["unavailable"] == {"iterative": iterative["unavailable"],
+                                "pinn_iterative": hybrid["unavailable"]}
+    for step in ("iterative", "hybrid"):
+        log = (workdir / f"results/{EXP}/{step}/metrics.json").read_text()
+        assert "pty-chi not installed" in log
     for m in c["methods"]:
         for part in compare.PARTS:
             assert set(m[part]) == set(compare.METRICS)
@@ -312,8 +354,9 @@ def test_compare_run_scores_both_methods_and_says_the_iterative_one_is_missing(c
 def test_compare_run_puts_the_table_in_the_run_index(compared):
     workdir, run_dir = compared
     index = (run_dir / "index.md").read_text()
-    assert "## Method comparison: pinn vs supervised vs iterative" in index
+    assert "## Method comparison: pinn vs supervised vs iterative vs pinn_iterative" in index
     assert "| iterative | not available: pty-chi not installed" in index
+    assert "| pinn_iterative | not available: pty-chi not installed" in index
     assert "| pinn | pinn, 64 patterns x 2 epochs |" in index
     assert "| supervised | supervised, 64 patterns x 2 epochs |" in index
     assert "**Verdict:**" in index and f"]({EXP}/report/comparison.png)" in index

@@ -166,3 +166,51 @@ def test_a_missing_data_file_is_refused_and_nothing_is_written(tmp_path):
                    f"reports/{RUN}/x/iterative", cwd=tmp_path)
     assert out.returncode == 2 and "absent.cxi" in out.stderr, out.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "reports").exists()
+
+
+@pytest.fixture(scope="module")
+def hybrid(reconstructed, easy_data) -> Path:
+    """The hybrid step (4 epochs) started from the iterative run's reconstruction.npz (any
+    method's product does: its manifest gives the seconds that made it)."""
+    run = "2026-01-01T000001Z"
+    code = iterative.main(["--config-json", json.dumps({**EASY, "iterative": {
+        **EASY["iterative"], "epochs": 4}}), "--data", str(easy_data),
+        "--init-object", str(reconstructed / "out/reconstruction.npz"), "--step", "hybrid",
+        "--out-dir", str(reconstructed / "hybrid"),
+        "--report-dir", str(reconstructed / f"reports/{run}/easy/hybrid")])
+    assert code == 0
+    return reconstructed
+
+
+@needs_ptychi
+def test_the_hybrid_starts_from_exactly_the_given_object_and_counts_its_time(hybrid):
+    start = json.loads((hybrid / "out/metrics.json").read_text())
+    m = json.loads((hybrid / "hybrid/metrics.json").read_text())
+    first = m["initial_object"]
+    assert first["max_difference_before_first_epoch"] == 0.0  # checked before epoch 1
+    assert first["seconds"] == pytest.approx(start["reconstruction_seconds"])
+    assert first["method"] == "iterative" and first["file"].endswith("out/reconstruction.npz")
+    assert m["reconstruction_seconds"] == pytest.approx(first["seconds"] + m["solver_seconds"])
+    assert all(c["seconds"] > first["seconds"] for c in m["convergence"])
+    # a good start stays good: already at the 30-epoch quality after its first epoch
+    assert m["convergence"][0]["amplitude"]["psnr"] > start["amplitude"]["psnr"] - 1.0
+    manifest, problem = load_manifest(
+        hybrid / "reports/2026-01-01T000001Z/easy/hybrid/manifest.json")
+    assert problem is None and manifest["step"] == "hybrid"
+    assert any(k.endswith("out/reconstruction.npz") for k in manifest["inputs"])
+
+
+def test_a_start_that_does_not_fit_or_has_no_record_is_refused(easy_data, tmp_path):
+    np.savez(tmp_path / "small.npz", object=np.ones((8, 8), np.complex64))
+    cfg = resolve_config(EASY)
+    H, W = simulate.simulate_dataset(cfg.data, cfg.data.object.test_size_px,
+                                     (cfg.seed, 1)).object_shape
+    np.savez(tmp_path / "loose.npz", object=np.ones((H, W), np.complex64))
+    for name, message in (("small.npz", "holds a (8, 8) object"),
+                          ("loose.npz", "no step manifest"), ("absent.npz", "not found")):
+        out = run_step("iterative", "--config-json", json.dumps(EASY), "--data", str(easy_data),
+                       "--init-object", name, "--step", "hybrid", "--out-dir", "out",
+                       "--report-dir", f"reports/{RUN}/x/hybrid", cwd=tmp_path)
+        assert out.returncode == 2 and "--init-object" in out.stderr, out.stderr
+        assert message in out.stderr, out.stderr
+        assert not (tmp_path / "out").exists() and not (tmp_path / "reports" / RUN).exists()

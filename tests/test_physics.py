@@ -339,3 +339,25 @@ def test_photon_scale_does_not_depend_on_probe_norm():
     _, p1 = simulate_scan(obj, _unit_probe(N), pos, 1e4, rng1)
     _, p2 = simulate_scan(obj, 3.0 * _unit_probe(N), pos, 1e4, rng2)
     np.testing.assert_allclose(p1, p2, rtol=1e-5)
+
+
+def test_patch_operator_is_extract_and_place_as_a_sparse_matrix():
+    """The same bilinear weights as extract_patches / place_patches (sub-pixel positions),
+    real and complex, and the two are adjoint: <E o, p> = <o, E^T p>."""
+    rng = np.random.default_rng(5)
+    pos, shape, N = rng.uniform(9, 40, (30, 2)), (50, 52), 16
+    op = physics.PatchOperator.at(pos, N, shape)
+    obj = torch.from_numpy(rng.standard_normal(shape) + 1j * rng.standard_normal(shape))
+    patches = torch.from_numpy(rng.standard_normal((30, N, N)) + 1j * rng.standard_normal((30, N, N)))
+    t = torch.from_numpy(pos)
+    torch.testing.assert_close(op.extract(obj), physics.extract_patches(obj, t, N).to(torch.complex64),
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(op.place(patches), physics.place_patches(patches, t, shape)
+                               .to(torch.complex64), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(op.extract(obj.real), physics.extract_patches(obj.real, t, N).float(),
+                               rtol=1e-5, atol=1e-5)
+    lhs = (op.extract(obj) * patches.conj()).sum()
+    rhs = (obj.to(torch.complex64) * op.place(patches).conj()).sum()
+    assert abs(complex(lhs - rhs)) < 1e-3 * abs(complex(lhs))
+    with pytest.raises(ValueError, match="leave the"):
+        physics.PatchOperator.at(np.array([[4.0, 20.0]]), N, shape)

@@ -23,8 +23,8 @@ from ptycho_torch.studies import point_configs, value_label
 
 STUDIES = sorted((REPO / "config" / "studies").glob("*.yaml"))
 POINT_RULES = ("simulate", "validate", "train", "infer", "baseline_train", "baseline_infer",
-               "iterative", "comparison")
-METHODS = ["pinn", "supervised", "iterative"]
+               "iterative", "hybrid", "comparison")
+METHODS = ["pinn", "supervised", "iterative", "pinn_iterative"]
 # The tiny study: two doses on the tiny experiment, short pty-chi and calibration.
 TINY_STUDY = {"experiment": "tstudy", "study": {"key": "data.nphotons", "values": [1.0e4, 1.0e6]},
               "iterative": {"epochs": 4}, "inference": {"calibration_iterations": 10}}
@@ -118,7 +118,7 @@ def studied(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-def test_study_run_gathers_three_methods_at_each_value(studied):
+def test_study_run_gathers_four_methods_at_each_value(studied):
     workdir, _ = studied
     q = json.loads((workdir / "results/tstudy/study/quality.json").read_text())
     assert q["key"] == "data.nphotons" and [p["value"] for p in q["points"]] == [1.0e4, 1.0e6]
@@ -150,7 +150,8 @@ def test_study_run_leaves_each_value_its_own_evidence_and_audits_clean(studied):
     workdir, run_dir = studied
     for point in POINTS:
         steps = {p.name for p in (run_dir / point).iterdir()}
-        assert steps == {"simulate", "validate", "train", "infer", "iterative", "compare"}
+        assert steps == {"simulate", "validate", "train", "infer", "iterative", "hybrid",
+                         "compare"}
         manifest, problem = load_manifest(run_dir / point / "iterative" / "manifest.json")
         assert problem is None and manifest["numbers"]["available"] is True
         assert manifest["experiment"] == point

@@ -95,6 +95,8 @@ METHODS = {
     "pinn": (rules.infer.output.metrics, rules.train.output.model),
     "supervised": (rules.baseline_infer.output.metrics, rules.baseline_train.output.model),
     "iterative": (rules.iterative.output.metrics, None),  # pty-chi (iterative.smk)
+    # pty-chi from the PINN's object; its training is the PINN's (iterative.smk)
+    "pinn_iterative": (rules.hybrid.output.metrics, rules.train.output.model),
 }
 
 

@@ -49,3 +49,29 @@ rule iterative:
         "{PYTHON:q} -m ptycho_torch.iterative --config-json {params.config:q} --data {input.data}"
         " --out-dir {params.out_dir} {EXECUTION} --threads {threads}"
         " --report-dir {REPORTS}/iterative > {log} 2>&1"
+
+
+rule hybrid:
+    """The hybrid pinn_iterative: pty-chi with the iterative rule's settings, started from the
+    PINN's stitched object; its times include the PINN's reconstruction (iterative.py)."""
+    input:
+        data=rules.simulate.output.test,
+        start=rules.infer.output.arrays,
+        code=step_sources("iterative"),
+    output:
+        metrics=result("hybrid", "metrics.json"),
+        figure=report(result("hybrid", "reconstruction.png"),
+                      caption="../report/hybrid.rst", category="Comparison"),
+    params:
+        config=config_json("experiment", "seed", "data", "iterative"),
+        ptychi=installed_version("ptychi"),
+        out_dir=result("hybrid"),
+    threads: THREADS
+    log:
+        log_path("hybrid"),
+    benchmark:
+        benchmark_path("hybrid")
+    shell:
+        "{PYTHON:q} -m ptycho_torch.iterative --config-json {params.config:q} --data {input.data}"
+        " --init-object {input.start} --step hybrid --out-dir {params.out_dir} {EXECUTION}"
+        " --threads {threads} --report-dir {REPORTS}/hybrid > {log} 2>&1"
