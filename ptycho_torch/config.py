@@ -75,6 +75,14 @@ class ScanConfig:
                             "fermat)", "object px", lo=0.0, hi=64.0)
     overlap: float = spec(0.0, "if > 0, overrides step_px: step = (1 - overlap) x the probe "
                           "diameter (disk holding 86.5 % of its intensity)", lo=0.0, hi=0.95)
+    position_error_px: float = spec(0.0, "error of the positions the file records, which the "
+                                    "reconstruction sees (the patterns are simulated at the "
+                                    "true positions): Gaussian, this sigma per axis", "object px",
+                                    lo=0.0, hi=16.0)
+    position_scale_error: float = spec(0.0, "relative scale error of the recorded scan about its "
+                                       "centre (0.01: recorded 1 % too large)", lo=-0.2, hi=0.2)
+    position_rotation_error_deg: float = spec(0.0, "rotation of the recorded scan about its "
+                                              "centre", "deg", lo=-10.0, hi=10.0)
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,10 @@ class DataConfig:
                                 "CXI file from another program holds: the sample translation "
                                 "(the CXI spec: probe position = minus it) or the probe position",
                                 choices=("sample", "probe"))
+    probe_rescale: bool = spec(True, "a data file's probe whose photon scale cannot explain "
+                               "the counts (its brightest patterns hold more than its photons, "
+                               "or under 5 % of them) is rescaled so that they hold exactly its "
+                               "photons; the factor is recorded (off: the probe as given)")
     object: ObjectConfig = field(default_factory=ObjectConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     scan: ScanConfig = field(default_factory=ScanConfig)
@@ -215,6 +227,9 @@ class IterativeConfig:
     batch_size: int = spec(96, "patterns per object update (mini-batch)", lo=1, hi=65536)
     probe_refinement: bool = spec(False, "also refine the probe, starting from the known one "
                                   "(false: the data's probe is used as it is)")
+    position_correction: bool = spec(False, "also correct the scan positions (pty-chi's "
+                                     "gradient position correction), starting from the "
+                                     "recorded ones")
     target_psnr_db: float = spec(30.0, "quality target of the time-to-quality figure: the "
                                  "first checkpoint where amplitude and phase PSNR both reach "
                                  "it", "dB", lo=0.0, hi=200.0)

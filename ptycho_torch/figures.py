@@ -175,3 +175,31 @@ def scan_positions(path: Path, amplitude: np.ndarray, positions_px: np.ndarray,
     axes[1].set_title(f"illumination (summed probe intensity); pixel {px_um * 1e3:.1f} nm",
                       fontsize=9)
     _save(fig, path)
+
+
+def position_errors(path: Path, true: np.ndarray, given: np.ndarray,
+                    corrected: np.ndarray | None) -> None:
+    """Scan position errors: at each true probe centre ``true [n, 2]`` (row, col px) the
+    error of the ``given`` positions and, when refined, of the ``corrected`` ones, as
+    arrows (mean offset removed, see :func:`ptycho_torch.metrics.position_rms_error`),
+    drawn 5 x longer than they are; right: histograms of the error lengths."""
+    from ptycho_torch.metrics import position_rms_error
+    sets = [("given", given, "tab:red")] + ([("corrected", corrected, "tab:blue")]
+                                            if corrected is not None else [])
+    fig, axes = plt.subplots(1, 2, figsize=(12.0, 5.5), layout="constrained")
+    axes[0].plot(true[:, 1], true[:, 0], ".", color="gray", ms=2, label="true positions")
+    for name, pos, colour in sets:
+        e = (pos - true) - (pos - true).mean(axis=0)
+        axes[0].quiver(true[:, 1], true[:, 0], e[:, 1], e[:, 0], color=colour, angles="xy",
+                       scale_units="xy", scale=0.2, width=0.003,
+                       label=f"{name}: RMS {position_rms_error(pos, true):.3f} px")
+        axes[1].hist(np.hypot(e[:, 0], e[:, 1]), bins=30, color=colour, alpha=0.6, label=name)
+    axes[0].invert_yaxis()
+    axes[0].set_aspect("equal")
+    axes[0].set(xlabel="column (px)", ylabel="row (px)",
+                title="position errors (arrows 5 x their length)")
+    axes[0].legend(fontsize=8)
+    axes[1].set(xlabel="error (px, mean offset removed)", ylabel="positions",
+                title="error lengths")
+    axes[1].legend(fontsize=8)
+    _save(fig, path)

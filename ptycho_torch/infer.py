@@ -23,6 +23,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,9 +31,9 @@ import torch
 from ptycho_torch import cli, figures, physics, quality
 from ptycho_torch.config import ExperimentConfig
 from ptycho_torch.config_factory import create_inference_payload
-from ptycho_torch.data import OURS, PtychoData, read_data, write_atomic_h5
+from ptycho_torch.data import OURS, PtychoData, read_data, true_positions, write_atomic_h5
 from ptycho_torch.grouping import group_indices, relative_offsets
-from ptycho_torch.metrics import score
+from ptycho_torch.metrics import position_rms_error, score
 from ptycho_torch.model import PtychoPINN, ValidPixels, input_scale, load_model
 from ptycho_torch.physics import probe_diameter_px
 from ptycho_torch.reports import StepReport, write_atomic
@@ -113,19 +114,35 @@ class Clock:
         return seconds
 
 
-def evaluate(obj: np.ndarray, data: PtychoData, source: Path) -> dict:
+def positions_record(data: PtychoData, corrected: np.ndarray | None) -> dict[str, Any]:
+    """Whether the positions a reconstruction ends with are refined (``corrected [n, 2]``
+    px, else the data's), and, when the data know the true ones, the RMS error (px,
+    :func:`ptycho_torch.metrics.position_rms_error`) of the given and the final ones."""
+    record: dict[str, Any] = {"refined": corrected is not None}
+    true = true_positions(data)
+    if true is not None:
+        final = data.positions_px if corrected is None else corrected
+        record["given_rms_error_px"] = position_rms_error(data.positions_px, true)
+        record["rms_error_px"] = position_rms_error(final, true)
+    return record
+
+
+def evaluate(obj: np.ndarray, data: PtychoData, source: Path,
+             corrected: np.ndarray | None = None) -> dict:
     """Content of ``metrics.json`` for the object ``[H, W]`` reconstructed from ``source``.
 
-    Always: ``ground_truth`` (bool), ``n_patterns`` and the scanned ``region``. With a
-    ground truth, :func:`ptycho_torch.metrics.score` of the region (amplitude, phase,
-    alignment, FRC curves) and the same with the phase ramp removed; without one,
-    ``metrics_skipped``: why nothing was scored.
+    Always: ``ground_truth`` (bool), ``n_patterns``, the scanned ``region`` and the
+    ``positions`` record (:func:`positions_record`; ``corrected``: the refined positions
+    ``[n, 2]`` px, if any). With a ground truth, :func:`ptycho_torch.metrics.score` of the
+    region (amplitude, phase, alignment, FRC curves) and the same with the phase ramp
+    removed; without one, ``metrics_skipped``: why nothing was scored.
     """
     region = scanned_region(data.positions_px)
     out = {"ground_truth": data.ground_truth is not None, "n_patterns": len(data.counts),
            "region": {"rows": [region[0].start, region[0].stop],
                       "cols": [region[1].start, region[1].stop],
-                      "definition": "bounding box of the probe centres"}}
+                      "definition": "bounding box of the probe centres"},
+           "positions": positions_record(data, corrected)}
     if data.ground_truth is None:
         out["metrics_skipped"] = (f"{source} holds no ground-truth object (CXI: "
                                   f"{OURS}/ground_truth_object, NPZ: objectGuess), so there is "

@@ -281,3 +281,11 @@ def apply_alignment(recon: np.ndarray, truth: np.ndarray, info: dict) -> tuple[n
     crop = (slice(m, r.shape[0] - m), slice(m, r.shape[1] - m))
     scale = info["amplitude_scale"] * np.exp(-1j * info["phase_offset_rad"])
     return scale * r[crop], np.asarray(truth, dtype=np.complex128)[crop]
+
+
+def position_rms_error(positions: np.ndarray, true: np.ndarray) -> float:
+    """RMS distance (px) between ``positions`` and ``true`` ``[n, 2]`` after removing their
+    mean offset: a common shift of all positions only translates the object, which
+    :func:`align` removes, so it is no error of the scan."""
+    error = positions - true
+    return float(np.sqrt(np.mean(np.sum(np.square(error - error.mean(axis=0)), axis=1))))

@@ -212,6 +212,25 @@ def scan_positions(size: int, N: int, cfg: ScanConfig, rng: np.random.Generator,
     return np.clip(np.round(pos * SUBPIXEL_STEPS) / SUBPIXEL_STEPS, lo, hi)
 
 
+def recorded_positions(true: np.ndarray, cfg: ScanConfig, rng: np.random.Generator,
+                       bounds: tuple[float, float]) -> np.ndarray:
+    """The positions ``[n, 2]`` (px) a file records for probe centres ``true [n, 2]``: the
+    scan scaled by ``1 + position_scale_error`` and rotated by ``position_rotation_error_deg``
+    about its centre, plus Gaussian errors of ``position_error_px`` per axis, kept inside
+    ``bounds`` (the object frame)."""
+    centre = true.mean(axis=0)
+    angle = math.radians(cfg.position_rotation_error_deg)
+    turn = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    out = centre + (1.0 + cfg.position_scale_error) * (true - centre) @ turn.T
+    out = out + rng.normal(0.0, cfg.position_error_px, true.shape)
+    return np.clip(out, *bounds)
+
+
+def has_position_errors(cfg: ScanConfig) -> bool:
+    return bool(cfg.position_error_px or cfg.position_scale_error
+                or cfg.position_rotation_error_deg)
+
+
 # ----------------------------------------------------------------- detector
 
 def detector_mask(N: int, cfg: DetectorConfig, rng: np.random.Generator) -> np.ndarray:
@@ -391,7 +410,7 @@ def simulate_scan(obj: np.ndarray, probe_unit: np.ndarray, positions: np.ndarray
 
 def _streams(seed: tuple[int, int]) -> dict[str, np.random.Generator]:
     """Independent random streams, so that e.g. a detector setting leaves the object alone."""
-    names = ("object", "scan", "detector", "noise")
+    names = ("object", "scan", "detector", "noise", "position_error")
     children = np.random.SeedSequence(list(seed)).spawn(len(names))
     return {name: np.random.default_rng(c) for name, c in zip(names, children)}
 
@@ -413,7 +432,12 @@ def simulate_dataset(cfg: DataConfig, size: int, seed: tuple[int, int],
                                          periodic=cfg.object.kind != "image", workers=workers)
     mask = detector_mask(cfg.N, cfg.detector, rng["detector"])
     apply_detector(counts, mask, cfg.detector.saturation_counts)
-    return PtychoData(counts=counts, probe=probe_scaled, positions_px=positions,
+    extras = {}
+    if has_position_errors(cfg.scan):  # the reconstruction sees the recorded positions
+        extras = {"true_position_row_px": positions[:, 0], "true_position_col_px": positions[:, 1]}
+        positions = recorded_positions(positions, cfg.scan, rng["position_error"],
+                                       _bounds(size, cfg.N, 0.0))
+    return PtychoData(counts=counts, probe=probe_scaled, positions_px=positions, extras=extras,
                       object_shape=obj.shape, energy_eV=cfg.energy_eV,
                       detector_distance_m=cfg.detector_distance_m,
                       detector_pixel_size_m=cfg.detector_pixel_size_m,
@@ -448,7 +472,10 @@ def run(cfg: ExperimentConfig, train_out: Path, test_out: Path) -> dict:
     if d.source == "file":
         numbers.update({"train_file": d.train_file, "test_file": d.test_file or
                         (f"held out: {d.test_fraction} of train_file" if d.test_fraction
-                         else "the training scan itself")})
+                         else "the training scan itself"),
+                        **{f"probe_scale_factor_{role}": part.attrs.get(
+                            "probe_scale", {"factor": 1.0})["factor"]
+                           for role, part in (("train", train), ("test", test))}})
     else:
         numbers.update({"nphotons": d.nphotons, "scan_kind": d.scan.kind, "scan_step_px": train.attrs["scan_step_px"],
                         "probe_kind": d.probe.kind,

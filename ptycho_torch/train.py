@@ -575,8 +575,10 @@ def main(argv: list[str] | None = None) -> int:
                 from None
         if rep is None:
             return  # ranks other than 0 write nothing
+        probe_scale = data.attrs.get("probe_scale", {}).get("factor", 1.0)
         save_checkpoint(products[0], model, cfg, {"input_scale_train": scale,
-                                                  "epochs_run": len(history)})
+                                                  "epochs_run": len(history),
+                                                  "probe_scale_factor": probe_scale})
         resume.unlink(missing_ok=True)
         write_history(products[1], history)
         figures.loss_curve(products[2], history)
@@ -588,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
                     "train_seconds": seconds,
                     "patterns_per_second": patterns_per_second(history),
                     "parameters": sum(p.numel() for p in model.parameters()),
-                    **trained_physics(model, data.probe),
+                    **trained_physics(model, data.probe), "probe_scale_factor": probe_scale,
                     "device": str(device), "threads": torch.get_num_threads(),
                     "precision": cfg.execution.precision,
                     "world_size": launch.world_size if launch else 1,

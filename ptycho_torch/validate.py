@@ -10,7 +10,9 @@ printed, one per line and named by its key path or file and dataset; the exit st
 is then 2 and nothing is written. Otherwise the resolved, hashed payload that the
 train step consumes goes to ``--out`` and a copy of it, with its sha256, to the
 report directory, and the report says what the data hold (``data.json``: pattern
-count, N, photons per pattern, scan extent, step, probe size and overlap).
+count, N, photons per pattern, scan extent, step, probe size and overlap, and the
+factor by which the probe's photon scale was fitted to the counts, see
+:func:`ptycho_torch.data.rescale_probe`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from ptycho_torch.config import ExperimentConfig
 from ptycho_torch.config_factory import (ConfigError, TrainingPayload, config_hash,
                                          create_training_payload, payload_to_json,
                                          resolve_config)
-from ptycho_torch.data import DETECTOR, CountsReader, check_data_file, read_cxi
+from ptycho_torch.data import (BRIGHTEST_QUANTILE, DETECTOR, CountsReader, check_data_file,
+                               plausible_transmission, read_cxi)
 from ptycho_torch.model import load_checkpoint_config, load_model
 from ptycho_torch.reports import StepReport, sha256_file, write_atomic
 
@@ -162,12 +165,24 @@ def data_report(path: Path, s: CountsSummary) -> dict[str, Any]:
            "scan_step_px": step, "probe_diameter_px": diameter,
            "overlap": 1.0 - step / diameter if diameter > 0 else 0.0,
            "masked_pixels": int((d.mask != 0).sum()) if d.mask is not None else 0,
-           "ground_truth": d.ground_truth is not None}
+           "ground_truth": d.ground_truth is not None,
+           "probe_scale": d.attrs.get("probe_scale", {"factor": 1.0, "applied": False})}
     warnings = []
-    if s.totals.max() > 1.05 * photons:
-        warnings.append(f"the brightest pattern holds {s.totals.max() / photons:.3g} x the "
-                        "probe's photons sum|P|^2: an object of transmission <= 1 cannot; is "
-                        "the probe's photon scale right (it must carry the counts' units)?")
+    if out["probe_scale"]["applied"]:
+        warnings.append(f"the given probe's photon scale did not fit the counts (its "
+                        f"{out['probe_scale']['given_probe_photons']:.4g} photons; "
+                        f"{out['probe_scale']['rule']}): rescaled by "
+                        f"{out['probe_scale']['factor']:.4g} in photons (data.probe_rescale)")
+    share = float(np.quantile(s.totals, BRIGHTEST_QUANTILE)) / photons
+    lower, upper = plausible_transmission(s.totals)
+    if share > upper:
+        warnings.append(f"the brightest patterns hold {share:.3g} x the probe's photons "
+                        "sum|P|^2: an object of transmission <= 1 cannot; is the probe's "
+                        "photon scale right (it must carry the counts' units)?")
+    if share < lower:
+        warnings.append(f"the brightest patterns hold only {share:.3g} x the probe's photons "
+                        "sum|P|^2: is the probe's photon scale right (it must carry the "
+                        "counts' units)?")
     if out["overlap"] < 0.3:
         warnings.append(f"low overlap {out['overlap']:.2f} (step {step:.3g} px, probe "
                         f"diameter {diameter:.3g} px): ptychography needs neighbouring "
@@ -232,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
                     "train_scan_extent_um": " x ".join(f"{v:.4g}" for v in
                                                        found["train"]["scan_extent_um"]),
                     "object_pixel_size_nm": found["train"]["object_pixel_size_nm"],
+                    **{f"{role}_probe_scale_factor": found[role]["probe_scale"]["factor"]
+                       for role in found},
                     "warnings": "; ".join(f"{role}: {w}" for role in found
                                           for w in found[role]["warnings"]) or "none",
                     "init_model": cfg.training.init_model or "none",

@@ -214,3 +214,43 @@ def test_a_start_that_does_not_fit_or_has_no_record_is_refused(easy_data, tmp_pa
         assert out.returncode == 2 and "--init-object" in out.stderr, out.stderr
         assert message in out.stderr, out.stderr
         assert not (tmp_path / "out").exists() and not (tmp_path / "reports" / RUN).exists()
+
+
+@pytest.fixture(scope="module")
+def corrected(tmp_path_factory) -> Path:
+    """The easy scan recorded with 1 px (sigma per axis) position errors, reconstructed with
+    pty-chi's position correction (100 epochs)."""
+    settings = {**EASY, "data": {**EASY["data"], "scan": {**EASY["data"]["scan"],
+                                                         "position_error_px": 1.0}},
+                "iterative": {**EASY["iterative"], "position_correction": True, "epochs": 100}}
+    cfg = resolve_config(settings)
+    work = tmp_path_factory.mktemp("corrected")
+    write_cxi(work / "test.cxi", simulate.simulate_dataset(
+        cfg.data, cfg.data.object.test_size_px, (cfg.seed, 1)))
+    code = iterative.main(["--config-json", json.dumps(settings), "--data",
+                           str(work / "test.cxi"), "--out-dir", str(work / "out"),
+                           "--report-dir", str(work / f"reports/{RUN}/easy/iterative")])
+    assert code == 0
+    return work
+
+
+@needs_ptychi
+def test_position_correction_reduces_the_position_error_and_ships_the_corrected_positions(
+        corrected):
+    m = json.loads((corrected / "out/metrics.json").read_text())
+    p = m["positions"]
+    assert p["refined"] is True and m["method"]["position_correction"] is True
+    assert 1.2 < p["given_rms_error_px"] < 1.6  # sqrt(2) x sigma, mean offset removed
+    assert p["rms_error_px"] < 0.75 * p["given_rms_error_px"], p
+    with np.load(corrected / "out/reconstruction.npz") as f:
+        shipped = f["probe_position_px"]
+    from ptycho_torch.data import read_cxi
+    from ptycho_torch.metrics import position_rms_error
+    d = read_cxi(corrected / "test.cxi")
+    true = np.stack([d.extras["true_position_row_px"], d.extras["true_position_col_px"]], 1)
+    assert position_rms_error(shipped, true) == pytest.approx(p["rms_error_px"], rel=1e-6)
+    step = corrected / f"reports/{RUN}/easy/iterative"
+    assert (step / "position_errors.png").stat().st_size > 0
+    numbers = load_manifest(step / "manifest.json")[0]["numbers"]
+    assert numbers["positions_refined"] is True and numbers["probe_refined"] is False
+    assert numbers["position_rms_error_px"] == pytest.approx(p["rms_error_px"])

@@ -271,6 +271,36 @@ def test_validate_refuses_an_initial_model_of_another_network(tmp_path, monkeypa
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("rescale", [True, False])
+def test_a_probe_of_another_normalisation_is_rescaled_and_reported(tmp_path, monkeypatch, scan,
+                                                                    rescale):
+    """A foreign file whose probe carries 1000 x the photons of its counts: converted with
+    ``data.probe_rescale`` the probe is fitted to the counts and validate reports the factor;
+    without, validate warns that the brightest patterns hold only a tiny share of it."""
+    monkeypatch.chdir(tmp_path)
+    _foreign_cxi(tmp_path / "mine.cxi", replace(scan, probe=scan.probe * np.float32(1e3 ** 0.5)))
+    settings = {**TINY_SETTINGS, "data": {**TINY_SETTINGS["data"], "source": "file",
+                                          "train_file": "mine.cxi", "probe_rescale": rescale}}
+    assert simulate.main(["--config-json", json.dumps(settings), "--train-out", "train.cxi",
+                          "--test-out", "test.cxi", "--report-dir", "reports/r/tiny/simulate"]) == 0
+    assert _validate(tmp_path / "train.cxi", tmp_path / "test.cxi", data__probe_rescale=rescale,
+                     data__source="file", data__train_file="mine.cxi") == 0
+    found = json.loads((tmp_path / "reports/r/tiny/validate/data.json").read_text())["train"]
+    summary = (tmp_path / "reports/r/tiny/validate/summary.md").read_text()
+    photons = np.square(np.abs(read_cxi("train.cxi").probe.astype(np.complex128))).sum()
+    given = np.square(np.abs(scan.probe.astype(np.complex128))).sum() * 1e3
+    if rescale:
+        factor = found["probe_scale"]["factor"]
+        assert found["probe_scale"]["applied"] and photons == pytest.approx(factor * given, rel=1e-5)
+        assert 0.5e-3 < factor < 1.0e-3  # the counts carry under 1/1000 of the given photons
+        assert "| train_probe_scale_factor |" in summary and "rescaled by" in summary
+        assert not any("brightest patterns hold" in w for w in found["warnings"])
+    else:
+        assert found["probe_scale"] == {"factor": 1.0, "applied": False}
+        assert photons == pytest.approx(given, rel=1e-5)
+        assert any("brightest patterns hold only" in w for w in found["warnings"])
+
+
 # ----------------------------------------------------------------- the whole workflow
 
 EXP = "measured"

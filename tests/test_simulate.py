@@ -442,3 +442,42 @@ def test_simulate_step_refuses_a_missing_image_naming_it(tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert "nowhere.png: file not found" in err and "Traceback" not in err
     assert not (tmp_path / "train.cxi").exists()
+
+
+# ----------------------------------------------------------------- position errors
+
+def test_position_errors_move_the_recorded_positions_not_the_patterns(tmp_path):
+    exact = simulate.simulate_dataset(_small(scan=ScanConfig(step_px=3.0)), 64, (5, 0))
+    off = simulate.simulate_dataset(_small(scan=ScanConfig(step_px=3.0, position_error_px=0.5)),
+                                    64, (5, 0))
+    assert np.array_equal(off.counts, exact.counts)  # simulated at the true positions
+    assert not exact.extras  # no errors: nothing else recorded
+    true = np.stack([off.extras["true_position_row_px"], off.extras["true_position_col_px"]], 1)
+    assert np.array_equal(true, exact.positions_px)
+    error = off.positions_px - true
+    assert abs(error.mean()) < 0.1 and np.std(error) == pytest.approx(0.5, rel=0.15)
+    write_cxi(tmp_path / "off.cxi", off)  # the truth travels with the file
+    back = read_cxi(tmp_path / "off.cxi")
+    assert np.array_equal(back.positions_px, off.positions_px)
+    assert np.array_equal(back.extras["true_position_col_px"], true[:, 1])
+
+
+def test_scale_and_rotation_errors_transform_the_scan_about_its_centre():
+    true = np.array([[20.0, 20.0], [20.0, 30.0], [30.0, 20.0], [30.0, 30.0]])
+    cfg = ScanConfig(position_scale_error=0.02, position_rotation_error_deg=90.0 / 9)
+    out = simulate.recorded_positions(true, cfg, np.random.default_rng(0), (0.0, 100.0))
+    centre = np.array([25.0, 25.0])
+    a = math.radians(10.0)
+    turn = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    assert np.allclose(out, centre + 1.02 * (true - centre) @ turn.T, atol=1e-12)
+    # distances between positions grow by the scale error, whatever the rotation
+    assert np.linalg.norm(out[0] - out[3]) == pytest.approx(1.02 * np.linalg.norm(
+        true[0] - true[3]), rel=1e-12)
+
+
+@pytest.mark.parametrize("key,value", [("position_error_px", -0.5),
+                                       ("position_scale_error", 0.5),
+                                       ("position_rotation_error_deg", 45.0)])
+def test_bad_position_error_settings_name_the_key(key, value):
+    with pytest.raises(ConfigError, match=f"data.scan.{key}"):
+        resolve_config(None, {f"data.scan.{key}": value})
