@@ -63,6 +63,14 @@ class ProbeConfig:
     file: str = spec("", "probe file (kind file): CXI/HDF5 "
                      "/entry_1/instrument_1/source_1/illumination, PtychoPINN NPZ probeGuess or "
                      "NPY, complex N x N", path=True)
+    given_defocus_m: float = spec(0.0, "error of the probe the file records, which the "
+                                  "reconstruction is given (the patterns are simulated with the "
+                                  "true one): propagated this much further", "m", lo=-0.1,
+                                  hi=0.1)
+    given_shift_px: float = spec(0.0, "error of the recorded probe: shifted this much along "
+                                 "both axes", "object px", lo=-8.0, hi=8.0)
+    given_amplitude_factor: float = spec(1.0, "error of the recorded probe: its amplitude times "
+                                         "this", lo=0.1, hi=10.0)
 
 
 @dataclass(frozen=True)

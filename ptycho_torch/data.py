@@ -22,7 +22,10 @@ CXI layout (SI units), see DESIGN.md:
 * attribute ``saturation_level`` of ``.../detector_1/data``: counts at which the
   detector saturates (recorded counts are clipped there); absent = no saturation.
 * ``/entry_1/ptycho_torch/extras/<name>``: per-pattern arrays ``[n]`` carried along
-  (e.g. a PtychoPINN NPZ's ``scan_index``), see :attr:`PtychoData.extras`.
+  (e.g. a PtychoPINN NPZ's ``scan_index``, or the true positions of a scan simulated with
+  position errors), see :attr:`PtychoData.extras`.
+* ``/entry_1/ptycho_torch/true_probe``: complex64 ``[N, N]``, optional: the probe a scan
+  was simulated with when the file records another one (``data.probe.given_*``).
 
 PtychoPINN NPZ (:func:`read_npz`, :func:`write_npz`): ``diffraction`` (legacy
 ``diff3d``) float32 amplitudes ``sqrt(counts)`` ``[n, N, N]`` (legacy ``[N, N, n]``),
@@ -81,6 +84,7 @@ class PtychoData:
     mask: np.ndarray | None = None  # uint32 [N, N], CXI mask bits, 0 = good pixel
     saturation_counts: float = 0.0  # recorded counts are clipped here (0 = no saturation)
     extras: dict[str, np.ndarray] = field(default_factory=dict)  # per-pattern arrays [n]
+    true_probe: np.ndarray | None = None  # complex [N, N]: simulated with it, given `probe`
 
     @property
     def N(self) -> int:
@@ -146,6 +150,8 @@ def write_cxi(path: str | Path, d: PtychoData,
         ours["probe_position_px"] = d.positions_px.astype(np.float64)
         if d.ground_truth is not None:
             ours["ground_truth_object"] = d.ground_truth.astype(np.complex64)
+        if d.true_probe is not None:
+            ours["true_probe"] = d.true_probe.astype(np.complex64)
         for name, values in d.extras.items():
             ours[f"extras/{name}"] = np.asarray(values)
         ours.attrs["object_shape"] = np.asarray(d.object_shape, dtype=np.int64)
@@ -255,6 +261,8 @@ def read_cxi(path: str | Path, *, load_counts: bool = True,
                                 "truncated file?") from None
         gt_path = f"{OURS}/ground_truth_object"
         gt = _require(f, gt_path, 2, "c", where)[()] if gt_path in f else None
+        true_probe = (_require(f, f"{OURS}/true_probe", 2, "c", where)[()]
+                      if f"{OURS}/true_probe" in f else None)
         mask = _read_mask(f, N, where)
         saturation = _saturation(counts_ds, where)
         extras = _read_extras(f, n, where)
@@ -270,7 +278,7 @@ def read_cxi(path: str | Path, *, load_counts: bool = True,
             energy_eV=energy_eV, detector_distance_m=distance, detector_pixel_size_m=pixel,
             object_pixel_size_m=float(attrs.pop("object_pixel_size_m")),
             ground_truth=gt, attrs=attrs, mask=mask, saturation_counts=saturation,
-            extras=extras)
+            extras=extras, true_probe=true_probe)
 
 
 def _translation_positions(f: h5py.File, n: int, N: int, pixel_m: float, translation: str,

@@ -203,3 +203,21 @@ def position_errors(path: Path, true: np.ndarray, given: np.ndarray,
                 title="error lengths")
     axes[1].legend(fontsize=8)
     _save(fig, path)
+
+
+def probes(path: Path, given: np.ndarray, final: np.ndarray, true: np.ndarray | None) -> None:
+    """The probe ``[N, N]`` a reconstruction was given, the one it ended with (refined, or
+    the given one) and, when known, the true one: amplitude (top) and phase (bottom, where
+    the amplitude exceeds 5 % of its maximum), each with its error against the true probe
+    (:func:`ptycho_torch.metrics.probe_error`)."""
+    from ptycho_torch.metrics import probe_error
+    shown = [("given", given), ("final", final)] + ([("true", true)] if true is not None else [])
+    fig, axes = plt.subplots(2, len(shown), figsize=(3.6 * len(shown), 6.4),
+                             layout="constrained", squeeze=False)
+    top = max(float(np.abs(p).max()) for _, p in shown)
+    for k, (name, p) in enumerate(shown):
+        err = f", error {probe_error(p, true):.3f}" if true is not None else ""
+        _panel(axes[0, k], np.abs(p), f"{name}: amplitude{err}", "gray", vmin=0, vmax=top)
+        phase = np.where(np.abs(p) > 0.05 * np.abs(p).max(), np.angle(p), np.nan)
+        _panel(axes[1, k], phase, f"{name}: phase (rad)", "twilight", vmin=-np.pi, vmax=np.pi)
+    _save(fig, path)

@@ -33,7 +33,7 @@ from ptycho_torch.config import ExperimentConfig
 from ptycho_torch.config_factory import create_inference_payload
 from ptycho_torch.data import OURS, PtychoData, read_data, true_positions, write_atomic_h5
 from ptycho_torch.grouping import group_indices, relative_offsets
-from ptycho_torch.metrics import position_rms_error, score
+from ptycho_torch.metrics import position_rms_error, probe_error, probe_photon_ratio, score
 from ptycho_torch.model import PtychoPINN, ValidPixels, input_scale, load_model
 from ptycho_torch.physics import probe_diameter_px
 from ptycho_torch.reports import StepReport, write_atomic
@@ -127,22 +127,41 @@ def positions_record(data: PtychoData, corrected: np.ndarray | None) -> dict[str
     return record
 
 
-def evaluate(obj: np.ndarray, data: PtychoData, source: Path,
-             corrected: np.ndarray | None = None) -> dict:
-    """Content of ``metrics.json`` for the object ``[H, W]`` reconstructed from ``source``.
+def probe_record(data: PtychoData, given: np.ndarray | None) -> dict[str, Any]:
+    """Whether the probe a reconstruction ended with (``data.probe``) is refined from the
+    ``given`` one (None: not refined), and, when the data know the true probe, the relative
+    error of the given and the final one's shape (:func:`ptycho_torch.metrics.probe_error`)
+    and their photons against the true probe's."""
+    record: dict[str, Any] = {"refined": given is not None}
+    if data.true_probe is not None:
+        start = data.probe if given is None else given
+        record.update({"given_error": probe_error(start, data.true_probe),
+                       "error": probe_error(data.probe, data.true_probe),
+                       "given_photon_ratio": probe_photon_ratio(start, data.true_probe),
+                       "photon_ratio": probe_photon_ratio(data.probe, data.true_probe)})
+    return record
 
-    Always: ``ground_truth`` (bool), ``n_patterns``, the scanned ``region`` and the
+
+def evaluate(obj: np.ndarray, data: PtychoData, source: Path,
+             corrected: np.ndarray | None = None, given_probe: np.ndarray | None = None) -> dict:
+    """Content of ``metrics.json`` for the object ``[H, W]`` reconstructed from ``source``
+    with the probe ``data.probe``.
+
+    Always: ``ground_truth`` (bool), ``n_patterns``, the scanned ``region``, the
     ``positions`` record (:func:`positions_record`; ``corrected``: the refined positions
-    ``[n, 2]`` px, if any). With a ground truth, :func:`ptycho_torch.metrics.score` of the
-    region (amplitude, phase, alignment, FRC curves) and the same with the phase ramp
-    removed; without one, ``metrics_skipped``: why nothing was scored.
+    ``[n, 2]`` px, if any) and the ``probe`` record (:func:`probe_record`; ``given_probe``:
+    the probe it was given, when it refined it). With a ground truth,
+    :func:`ptycho_torch.metrics.score` of the region (amplitude, phase, alignment, FRC
+    curves) and the same with the phase ramp removed; without one, ``metrics_skipped``: why
+    nothing was scored.
     """
     region = scanned_region(data.positions_px)
     out = {"ground_truth": data.ground_truth is not None, "n_patterns": len(data.counts),
            "region": {"rows": [region[0].start, region[0].stop],
                       "cols": [region[1].start, region[1].stop],
                       "definition": "bounding box of the probe centres"},
-           "positions": positions_record(data, corrected)}
+           "positions": positions_record(data, corrected),
+           "probe": probe_record(data, given_probe)}
     if data.ground_truth is None:
         out["metrics_skipped"] = (f"{source} holds no ground-truth object (CXI: "
                                   f"{OURS}/ground_truth_object, NPZ: objectGuess), so there is "
@@ -284,8 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     def body(cfg: ExperimentConfig, rep: StepReport) -> None:
         device = setup_execution(cfg.execution)
         model = load_model(args.model, cfg)
-        data = read_data(args.data, cfg.data)
-        data = replace(data, probe=model.probe_for_data(data.probe))  # trained probe / scale
+        given = read_data(args.data, cfg.data)
+        data = replace(given, probe=model.probe_for_data(given.probe))  # trained probe / scale
+        refined = given.probe if model.probe is not None else None
         rec = reconstruct(model, data, cfg, device)
         after, clock = {}, Clock()
         history = figures.read_history(args.history) if args.history else []
@@ -293,18 +313,24 @@ def main(argv: list[str] | None = None) -> int:
                         cfg.experiment)
         write_reconstruction_npz(args.out_dir / "reconstruction.npz", rec.obj, data)
         after["writing"] = clock.lap()
-        metrics = {**evaluate(rec.obj, data, args.data), "stitching": rec.stitching}
+        metrics = {**evaluate(rec.obj, data, args.data, given_probe=refined),
+                   "stitching": rec.stitching}
         after["scoring"] = clock.lap()
         metrics["quality"] = quality.assess(  # no ground truth needed: R-factor, half-data FRC
             rec.obj, data, lambda d: predict_patches(model, d, cfg, device), cfg.inference,
             args.out_dir / "quality.png")
         after["quality"] = clock.lap()
         rep.record(quality.key_numbers(metrics["quality"]))
+        rep.record({f"{part}_{k}": v for part in ("probe", "positions")
+                    for k, v in metrics[part].items()})
         write_atomic(args.out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         rep.write_json("metrics.json", metrics)
         write_figures(args.out_dir, rec.obj, data, metrics)
         for name in PRODUCTS[3:]:
             figures.copy_into(args.out_dir / name, rep.directory)
+        if refined is not None or data.true_probe is not None:
+            figures.probes(rep.directory / "probe.png", given.probe, data.probe,
+                           data.true_probe)
         rep.write_json("stitching.json", rec.stitching)
         after["figures"] = clock.lap()
         summarise(rep, rec, metrics, len(data.counts), after)

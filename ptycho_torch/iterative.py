@@ -40,7 +40,10 @@ registers to it within a small fraction of a pixel):
   (``determine_position_origin_coords_by=SPECIFIED``); the object buffer is our object
   frame ``[H, W]``, started at 1 + 0j;
 * the probe stays the known one (no object/probe ambiguity removal, no first-epoch probe
-  rescaling: the data's probe carries the photon scale), unless ``probe_refinement``;
+  rescaling: the data's probe carries the photon scale), unless ``probe_refinement``
+  (``metrics.json`` ``probe``: whether it was refined and, for data simulated with a wrong
+  given probe, the given and the final probe's error against the true one; ``probe.png``
+  in the evidence);
 * the positions stay the recorded ones unless ``position_correction`` (pty-chi's gradient
   correction, SGD); ``metrics.json`` ``positions`` says whether they
   were refined and, for data simulated with position errors, the RMS error of the given and
@@ -281,7 +284,9 @@ def run(args: argparse.Namespace, cfg: ExperimentConfig, rep: StepReport,
         return
     target = cfg.iterative.target_psnr_db
     corrected = solved.positions if cfg.iterative.position_correction else None
-    metrics = {**evaluate(solved.obj, data, args.data, corrected),
+    given = data.probe if cfg.iterative.probe_refinement else None
+    metrics = {**evaluate(solved.obj, replace(data, probe=solved.probe), args.data, corrected,
+                          given),
                "method": method_record(cfg.iterative),
                "reconstruction_seconds": offset + solved.seconds,
                "solver_seconds": solved.seconds, "convergence": curve,
@@ -300,6 +305,8 @@ def run(args: argparse.Namespace, cfg: ExperimentConfig, rep: StepReport,
     write_figures(args.out_dir, solved.obj, data, metrics)
     for name in ("reconstruction.png", "frc.png", "scan_positions.png"):
         figures.copy_into(args.out_dir / name, rep.directory)
+    if cfg.iterative.probe_refinement or data.true_probe is not None:
+        figures.probes(rep.directory / "probe.png", data.probe, solved.probe, data.true_probe)
     if true_positions(data) is not None:
         figures.position_errors(rep.directory / "position_errors.png", true_positions(data),
                                 data.positions_px, corrected)
@@ -345,7 +352,8 @@ def summarise(rep: StepReport, metrics: dict[str, Any], n: int, cfg: IterativeCo
                 "probe_refined": cfg.probe_refinement,
                 "positions_refined": cfg.position_correction,
                 **{f"position_{k}": v for k, v in metrics["positions"].items()
-                   if k.endswith("error_px")}})
+                   if k.endswith("error_px")},
+                **{f"probe_{k}": v for k, v in metrics["probe"].items() if k.endswith("error")}})
     if "initial_object" in metrics:
         start = metrics["initial_object"]
         rep.record({"initial_object": start["file"], "initial_seconds": start["seconds"],

@@ -289,3 +289,20 @@ def position_rms_error(positions: np.ndarray, true: np.ndarray) -> float:
     :func:`align` removes, so it is no error of the scan."""
     error = positions - true
     return float(np.sqrt(np.mean(np.sum(np.square(error - error.mean(axis=0)), axis=1))))
+
+
+def probe_error(probe: np.ndarray, true: np.ndarray) -> float:
+    """Relative error ``min_c ||c P - P_true|| / ||P_true||`` of a probe ``[N, N]``, with the
+    complex factor ``c`` that minimises it: no measurement fixes a probe's global phase, and
+    an object ``a O`` with a probe ``P / a`` gives the same counts, so neither is an error of
+    its shape (the photon scale is reported apart, :func:`probe_photon_ratio`)."""
+    p, t = probe.astype(np.complex128), true.astype(np.complex128)
+    norm = np.vdot(p, p).real
+    c = np.vdot(p, t) / norm if norm > 0 else 0.0
+    return float(np.linalg.norm(c * p - t) / np.linalg.norm(t))
+
+
+def probe_photon_ratio(probe: np.ndarray, true: np.ndarray) -> float:
+    """``sum |P|^2 / sum |P_true|^2``: the probe's photons against the true probe's."""
+    return float(np.sum(np.abs(probe.astype(np.complex128)) ** 2)
+                 / np.sum(np.abs(true.astype(np.complex128)) ** 2))

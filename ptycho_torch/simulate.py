@@ -43,7 +43,7 @@ import torch
 
 from ptycho_torch import cli, physics
 from ptycho_torch.config import (DataConfig, DetectorConfig, ExperimentConfig, ObjectConfig,
-                                 ScanConfig)
+                                 ProbeConfig, ScanConfig)
 from ptycho_torch.config_factory import ConfigError
 from ptycho_torch.data import (MASK_DEAD, MASK_INVALID, MASK_SHADOWED, PtychoData, load_image,
                                load_probe, measured_sets, write_cxi)
@@ -140,6 +140,27 @@ def make_probe(cfg: DataConfig, pixel_m: float) -> np.ndarray:
 
 
 # ----------------------------------------------------------------- scans
+
+def given_probe(probe: np.ndarray, cfg: ProbeConfig, energy_eV: float,
+                pixel_m: float) -> np.ndarray:
+    """The probe a file records for the true ``probe [N, N]`` (complex64): propagated by
+    ``given_defocus_m`` further, shifted by ``given_shift_px`` along both axes (Fourier
+    shift, periodic) and its amplitude times ``given_amplitude_factor``."""
+    out = torch.from_numpy(probe.astype(np.complex128))
+    if cfg.given_defocus_m:
+        out = physics.fresnel_propagate(out, cfg.given_defocus_m,
+                                        physics.wavelength_m(energy_eV), pixel_m)
+    field = out.numpy()
+    if cfg.given_shift_px:
+        f = np.fft.fftfreq(field.shape[0])
+        ramp = np.exp(-2j * np.pi * cfg.given_shift_px * (f[:, None] + f[None, :]))
+        field = np.fft.ifft2(np.fft.fft2(field) * ramp)
+    return (field * cfg.given_amplitude_factor).astype(np.complex64)
+
+
+def has_probe_error(cfg: ProbeConfig) -> bool:
+    return bool(cfg.given_defocus_m or cfg.given_shift_px or cfg.given_amplitude_factor != 1.0)
+
 
 def scan_step(cfg: ScanConfig, probe: np.ndarray) -> float:
     """Step between neighbours (object px): ``step_px``, or ``(1 - overlap) x`` the probe
@@ -437,7 +458,12 @@ def simulate_dataset(cfg: DataConfig, size: int, seed: tuple[int, int],
         extras = {"true_position_row_px": positions[:, 0], "true_position_col_px": positions[:, 1]}
         positions = recorded_positions(positions, cfg.scan, rng["position_error"],
                                        _bounds(size, cfg.N, 0.0))
+    true_probe = None
+    if has_probe_error(cfg.probe):  # the reconstruction is given another probe
+        true_probe, probe_scaled = probe_scaled, given_probe(probe_scaled, cfg.probe,
+                                                             cfg.energy_eV, pixel)
     return PtychoData(counts=counts, probe=probe_scaled, positions_px=positions, extras=extras,
+                      true_probe=true_probe,
                       object_shape=obj.shape, energy_eV=cfg.energy_eV,
                       detector_distance_m=cfg.detector_distance_m,
                       detector_pixel_size_m=cfg.detector_pixel_size_m,

@@ -481,3 +481,36 @@ def test_scale_and_rotation_errors_transform_the_scan_about_its_centre():
 def test_bad_position_error_settings_name_the_key(key, value):
     with pytest.raises(ConfigError, match=f"data.scan.{key}"):
         resolve_config(None, {f"data.scan.{key}": value})
+
+
+# ----------------------------------------------------------------- a wrong given probe
+
+def test_a_wrong_given_probe_changes_the_file_not_the_patterns(tmp_path):
+    from ptycho_torch.metrics import probe_error, probe_photon_ratio
+    exact = simulate.simulate_dataset(_small(), 48, (5, 0))
+    assert exact.true_probe is None  # no error: nothing else recorded
+    brighter = simulate.simulate_dataset(_small(probe=ProbeConfig(
+        pupil_radius_px=4.0, given_amplitude_factor=1.1)), 48, (5, 0))
+    assert np.array_equal(brighter.counts, exact.counts)  # simulated with the true probe
+    assert np.array_equal(brighter.true_probe, exact.probe)
+    # the shape is right, the photons 1.1^2 too many
+    assert probe_error(brighter.probe, brighter.true_probe) == pytest.approx(0, abs=1e-6)
+    assert probe_photon_ratio(brighter.probe, brighter.true_probe) == pytest.approx(1.21, rel=1e-5)
+    assert probe_error(np.exp(0.7j) * exact.probe, exact.probe) == pytest.approx(0, abs=1e-6)
+    assert probe_error(np.roll(exact.probe, 1, axis=1), exact.probe) > 0.1
+    write_cxi(tmp_path / "b.cxi", brighter)  # the truth travels with the file
+    assert np.array_equal(read_cxi(tmp_path / "b.cxi").true_probe, exact.probe)
+
+
+def test_a_defocused_or_shifted_given_probe_is_undone_by_the_inverse_operation():
+    cfg = _small(probe=ProbeConfig(pupil_radius_px=4.0, given_defocus_m=1e-3))
+    d = simulate.simulate_dataset(cfg, 48, (5, 0))
+    pixel, wavelength = d.object_pixel_size_m, physics.wavelength_m(cfg.energy_eV)
+    back = physics.fresnel_propagate(torch.from_numpy(d.probe.astype(np.complex128)), -1e-3,
+                                     wavelength, pixel).numpy()
+    assert np.abs(d.probe - d.true_probe).max() > 0.1 * np.abs(d.true_probe).max()
+    np.testing.assert_allclose(back, d.true_probe, atol=1e-4 * np.abs(d.true_probe).max())
+    shifted = simulate.given_probe(d.true_probe, ProbeConfig(given_shift_px=2.0), cfg.energy_eV,
+                                   pixel)  # a whole-pixel shift is a roll
+    np.testing.assert_allclose(shifted, np.roll(d.true_probe, (2, 2), axis=(0, 1)),
+                               atol=1e-5 * np.abs(d.true_probe).max())
