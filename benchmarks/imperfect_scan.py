@@ -92,14 +92,20 @@ def main() -> None:
     summary = {"benchmark": "imperfect_scan", "case": args.case, "epochs": args.epochs,
                "runs": runs, "share_of_lost_psnr_recovered": share,
                "error_reduction": 1 - runs[2]["final_error"] / runs[2]["given_error"]
-               if runs[2]["given_error"] else None,
+               if runs[2]["given_error"] > 1e-6 else None,
                "refined_minus_exact_db": {k: runs[2][k] - runs[0][k] for k in share}}
     print("share of the lost PSNR recovered (target >= 0.5): " + ", ".join(
         f"{k[:-3]} {v:.2f}" if v is not None else f"{k[:-3]} - (nothing lost)"
         for k, v in share.items()))
-    print(f"error of what was refined: reduced by {100 * (summary['error_reduction'] or 0):.0f} %"
-          f"; refined - exact: " + ", ".join(f"{k[:-3]} {v:+.2f} dB" for k, v in
-                                             summary["refined_minus_exact_db"].items()))
+    reduction = summary["error_reduction"]
+    print("error of what was refined: " + (f"reduced by {100 * reduction:.0f} %" if reduction
+                                           is not None else "none given (shape exact)")
+          + "; refined - exact: " + ", ".join(f"{k[:-3]} {v:+.2f} dB" for k, v in
+                                              summary["refined_minus_exact_db"].items()))
+    if what == "probe":
+        print("probe photons / true probe's: given " + ", ".join(
+            f"{r['probe'].get('given_photon_ratio', 1.0):.3f}" for r in runs[1:2])
+              + f", refined {runs[2]['probe'].get('photon_ratio', 1.0):.3f}")
     print(json.dumps(summary, indent=2))
 
 
