@@ -68,8 +68,8 @@ from ptycho_torch.config_factory import resolve_config  # noqa: E402
 from ptycho_torch.data import PtychoData, write_cxi  # noqa: E402
 from ptycho_torch.grouping import group_indices, relative_offsets  # noqa: E402
 from ptycho_torch.metrics import score  # noqa: E402
-from ptycho_torch.model import (PtychoPINN, ValidPixels, input_scale, load_model,  # noqa: E402
-                                 save_checkpoint)
+from ptycho_torch.likelihood import ValidPixels  # noqa: E402
+from ptycho_torch.model import PtychoPINN, input_scale, load_model, save_checkpoint  # noqa: E402
 from ptycho_torch.simulate import simulate_dataset  # noqa: E402
 from ptycho_torch.stitch import scanned_region, stitch  # noqa: E402
 from ptycho_torch.train import setup_execution  # noqa: E402

@@ -166,7 +166,8 @@ class TrainingConfig:
     mode: str = spec("pinn", "pinn = unsupervised physics loss on the counts; supervised = "
                      "PtychoNN-style baseline, same network, L1 loss on ground-truth patches",
                      choices=("pinn", "supervised"))
-    epochs: int = spec(45, "passes over the training patterns", lo=0, hi=100000)
+    epochs: int = spec(45, "passes over the training patterns (0 only with `init_model`: the "
+                       "given model as it is)", lo=0, hi=100000)
     batch_size: int = spec(16, "patterns per optimiser step", lo=1, hi=65536)
     learning_rate: float = spec(1e-3, "Adam learning rate", lo=1e-7, hi=1.0)
     loss: str = spec("poisson", "Poisson NLL on counts, or MAE on amplitudes sqrt(counts)",

@@ -4,6 +4,10 @@ Precedence (highest first): explicit ``overrides`` (``{"training.epochs": 3}``
 or ``--set training.epochs=3``) > the experiment file/mapping > the dataclass
 defaults in :mod:`ptycho_torch.config`. Validation collects *all* problems,
 each named by its key path, before raising :class:`ConfigError`.
+
+The inference payload starts from the config a checkpoint was trained in
+(:func:`load_checkpoint_config`): the checkpoint is read here, so that the data flow
+config -> payload -> step never loops back through the network's module.
 """
 
 from __future__ import annotations
@@ -186,6 +190,10 @@ def _cross_checks(cfg: ExperimentConfig, bad: set[str] = frozenset()) -> list[st
 def _model_training_checks(cfg: ExperimentConfig, ok: Callable[..., bool]) -> list[str]:
     """Options of the network and the training loop that only make sense together."""
     m, t, problems = cfg.model, cfg.training, []
+    if ok("training.epochs", "training.init_model") and t.epochs == 0 and not t.init_model:
+        problems.append("training.epochs: 0 trains nothing, and training.init_model is not set: "
+                        "the model would keep its random initial weights; set training.epochs "
+                        "> 0, or training.init_model to a model.pt to use as it is")
     if ok("model.probe_big", "model.pad_object") and m.probe_big and not m.pad_object:
         problems.append("model.probe_big: needs model.pad_object: true (without it the decoders "
                         "already predict the whole patch)")
@@ -358,7 +366,6 @@ def create_inference_payload(model_path: str | Path, test_data_file: str | Path,
                              execution_config: ExecutionConfig | None = None) -> InferencePayload:
     """Validated inference payload: the checkpoint's config, then ``overrides`` on top."""
     from ptycho_torch.data import check_data_file
-    from ptycho_torch.model import load_checkpoint_config
     base = config_to_dict(load_checkpoint_config(model_path))
     cfg = _with_execution(resolve_config(base, overrides), execution_config)
     problems = _check_output_dir(output_dir) + check_data_file(test_data_file, cfg, role="test")
@@ -366,6 +373,32 @@ def create_inference_payload(model_path: str | Path, test_data_file: str | Path,
         raise ConfigError(problems)
     return InferencePayload(cfg, str(model_path), str(test_data_file), str(output_dir),
                             _format_overrides(overrides))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load ``model.pt`` (written by :func:`ptycho_torch.model.save_checkpoint`: ``state_dict``,
+    ``config``, ``meta``) safely: ``weights_only=True``, no arbitrary unpickling; on CPU."""
+    import torch  # here, not at the top: Snakemake imports this module to check the config
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError([f"model: checkpoint {path} not found"]) from None
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
+        raise ConfigError([f"model: {path} is not a readable ptycho_torch checkpoint ({exc})"]) from None
+
+
+def load_checkpoint_config(path: str | Path) -> ExperimentConfig:
+    """The experiment a checkpoint was trained in. Its ``inference`` and ``iterative``
+    sections are left out (defaults): they do not shape the weights, reconstruction settings
+    come from the step that uses the model, and a checkpoint written before a setting there
+    was renamed still loads."""
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or "config" not in ckpt or "state_dict" not in ckpt:
+        raise ConfigError([f"model: {path} lacks 'config' or 'state_dict'"])
+    config = ckpt["config"]
+    if isinstance(config, dict):
+        config = {k: v for k, v in config.items() if k not in ("inference", "iterative")}
+    return resolve_config(config)
 
 
 def _check_output_dir(output_dir: str | Path) -> list[str]:

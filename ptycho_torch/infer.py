@@ -34,7 +34,8 @@ from ptycho_torch.config_factory import create_inference_payload
 from ptycho_torch.data import OURS, PtychoData, read_data, true_positions, write_atomic_h5
 from ptycho_torch.grouping import group_indices, relative_offsets
 from ptycho_torch.metrics import position_rms_error, probe_error, probe_photon_ratio, score
-from ptycho_torch.model import PtychoPINN, ValidPixels, input_scale, load_model
+from ptycho_torch.likelihood import ValidPixels
+from ptycho_torch.model import PtychoPINN, input_scale, load_model
 from ptycho_torch.physics import probe_diameter_px
 from ptycho_torch.reports import StepReport, write_atomic
 from ptycho_torch.stitch import illumination, scanned_region, stitch

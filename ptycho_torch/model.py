@@ -1,4 +1,4 @@
-"""The PtychoPINN network, its physics-informed loss and its checkpoint format.
+"""The PtychoPINN network, its physics-informed loss and its checkpoint (writing, loading).
 
 The CNN maps a group of ``C = gridsize^2`` normalised diffraction amplitudes
 ``[B, C, N, N]`` to complex object patches ``[B, C, N, N]``: one encoder, two
@@ -8,7 +8,8 @@ re-extracted (the real-space overlap constraint), so neighbours must agree. The
 loss never sees the object: the patches go through the same far-field forward
 model as the simulator (:func:`ptycho_torch.physics.forward_intensity`) and the
 predicted counts are compared with the measured counts, on the pixels that measure
-them (:class:`ValidPixels`: not masked by the detector, not saturated).
+them (:mod:`ptycho_torch.likelihood`: the likelihoods and the valid pixels, not masked by
+the detector, not saturated; they know nothing of the network).
 
 Scaling (three factors, kept apart; see :meth:`PtychoPINN.predicted_counts`):
 
@@ -36,8 +37,8 @@ from torch import nn
 
 from ptycho_torch import physics
 from ptycho_torch.config import ExperimentConfig, ModelConfig
-from ptycho_torch.config_factory import ConfigError, resolve_config
-from ptycho_torch.data import PtychoData
+from ptycho_torch.config_factory import ConfigError, load_checkpoint
+from ptycho_torch.likelihood import LOSSES, ValidPixels
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -195,80 +196,6 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=getattr(torch, precision))
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class ValidPixels:
-    """Which recorded pixels measure the diffraction, for the losses and the calibration.
-
-    ``good``: bool ``[N, N]``, False where the detector mask flags a pixel (beamstop, dead:
-    it records 0 counts whatever arrives), None when every pixel is good. ``saturation``:
-    counts at which the detector clips (0 = none). A clipped count only says "at least
-    ``saturation``": saturated pixels are left out of the fit, like masked ones (simpler and
-    cheaper than a censored likelihood; only that lower bound is lost). The mask is per
-    detector, the saturated pixels per pattern: :meth:`__call__` combines both for a batch
-    of counts.
-    """
-    good: torch.Tensor | None = None
-    saturation: float = 0.0
-
-    @classmethod
-    def of(cls, data: PtychoData) -> ValidPixels:
-        """The detector mask and saturation level recorded with ``data``."""
-        good = data.valid_pixels()
-        return cls(None if good.all() else torch.from_numpy(good), data.saturation_counts)
-
-    def to(self, device: torch.device) -> ValidPixels:
-        """The same, with the detector mask on ``device`` (where the counts are)."""
-        return self if self.good is None else dataclasses.replace(self, good=self.good.to(device))
-
-    def __call__(self, counts: torch.Tensor) -> torch.Tensor | None:
-        """Bool ``[..., N, N]`` (or ``[N, N]``, broadcasting to ``counts [..., N, N]``): the
-        valid pixels, i.e. good and ``counts < saturation``; None when all are valid."""
-        valid = self.good
-        if self.saturation > 0:
-            below = counts < self.saturation
-            valid = below if valid is None else valid & below
-        return valid
-
-
-def _mean(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-    """Mean of ``values [..., N, N]`` over all pixels, the invalid ones counting 0 (``valid``:
-    bool, broadcasting to ``values``; None: all valid, the plain mean).
-
-    Dividing by the pixel count rather than the valid count gives every valid pixel the
-    same weight in every batch, whatever its number of saturated pixels: the batch loss is
-    an unbiased estimate of the data set's, and data-parallel shards average to the
-    one-process value exactly. At the noise level it is 0.5 x the valid fraction.
-    """
-    return values.mean() if valid is None else values.where(valid, 0).mean()
-
-
-def poisson_loss(predicted: torch.Tensor, counts: torch.Tensor,
-                 valid: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
-    """Mean Poisson negative log-likelihood per pixel, minus its value at a perfect fit.
-
-    ``predicted`` and ``counts`` are expected and measured counts ``[..., N, N]``;
-    ``valid`` (:class:`ValidPixels`, bool broadcasting to them; None = all) selects the
-    pixels that count: the others get no weight and no gradient (:func:`_mean`). The
-    subtracted term (the NLL of the statistically "saturated" model, not detector
-    saturation) does not depend on the model, so gradients are those of the NLL; the value
-    is half the Poisson deviance (about 0.5 per valid pixel when the fit is at the noise
-    level).
-    """
-    nll = predicted - counts * torch.log(predicted + eps)
-    saturated = counts - counts * torch.log(counts + eps)
-    return _mean(nll - saturated, valid)
-
-
-def amplitude_mae_loss(predicted: torch.Tensor, counts: torch.Tensor,
-                       valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean absolute error between predicted and measured amplitudes sqrt(counts) over the
-    ``valid`` pixels (as in :func:`poisson_loss`)."""
-    return _mean((predicted.clamp_min(0).sqrt() - counts.sqrt()).abs(), valid)
-
-
-LOSSES = {"poisson": poisson_loss, "mae": amplitude_mae_loss}
-
-
 def input_scale(counts: torch.Tensor) -> float:
     """Global statistical normalisation: sqrt of the mean counts per pixel of a data set.
 
@@ -290,37 +217,15 @@ def physics_loss(model: PtychoPINN, probe: torch.Tensor, counts: torch.Tensor,
 
 
 def save_checkpoint(path: Path, model: nn.Module, cfg: ExperimentConfig, meta: dict[str, Any]) -> None:
-    """``model.pt``: state_dict, the resolved config and metadata; plain types only."""
+    """``model.pt``: state_dict, the resolved config and metadata; plain types only (read
+    back by :func:`ptycho_torch.config_factory.load_checkpoint`, which the config of the
+    inference payload comes from)."""
     from ptycho_torch.reports import write_atomic
     import io
     buf = io.BytesIO()
     torch.save({"state_dict": model.state_dict(), "config": dataclasses.asdict(cfg),
                 "meta": meta}, buf)
     write_atomic(path, buf.getvalue())
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load ``model.pt`` safely (``weights_only=True``: no arbitrary unpickling)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError([f"model: checkpoint {path} not found"]) from None
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
-        raise ConfigError([f"model: {path} is not a readable ptycho_torch checkpoint ({exc})"]) from None
-
-
-def load_checkpoint_config(path: str | Path) -> ExperimentConfig:
-    """The experiment a checkpoint was trained in. Its ``inference`` and ``iterative``
-    sections are left out (defaults): they do not shape the weights, reconstruction settings
-    come from the step that uses the model, and a checkpoint written before a setting there
-    was renamed still loads."""
-    ckpt = load_checkpoint(path)
-    if not isinstance(ckpt, dict) or "config" not in ckpt or "state_dict" not in ckpt:
-        raise ConfigError([f"model: {path} lacks 'config' or 'state_dict'"])
-    config = ckpt["config"]
-    if isinstance(config, dict):
-        config = {k: v for k, v in config.items() if k not in ("inference", "iterative")}
-    return resolve_config(config)
 
 
 def load_model(path: str | Path, cfg: ExperimentConfig) -> PtychoPINN:

@@ -34,7 +34,7 @@ from threadpoolctl import threadpool_limits
 from ptycho_torch import physics
 from ptycho_torch.grouping import interleaved_halves
 from ptycho_torch.config import InferenceConfig
-from ptycho_torch.model import ValidPixels, poisson_loss
+from ptycho_torch.likelihood import ValidPixels
 
 
 def pair_overlaps(patches: torch.Tensor, positions: torch.Tensor, pairs: torch.Tensor,

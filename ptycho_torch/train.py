@@ -35,12 +35,12 @@ from torch import distributed as dist
 from ptycho_torch import cli, figures, physics
 from ptycho_torch.config import ExecutionConfig, ExperimentConfig, TrainingConfig
 from ptycho_torch.config_factory import (ConfigError, config_hash, create_training_payload,
-                                         payload_from_json)
+                                         load_checkpoint, payload_from_json)
 from ptycho_torch.data import DataFileError, PtychoData, read_cxi
 from ptycho_torch.grouping import (group_indices, grouping_problems, relative_offsets,
                                    split_positions)
-from ptycho_torch.model import (PtychoPINN, ValidPixels, autocast, input_scale,
-                                 load_checkpoint, physics_loss, save_checkpoint)
+from ptycho_torch.likelihood import ValidPixels
+from ptycho_torch.model import PtychoPINN, autocast, input_scale, physics_loss, save_checkpoint
 from ptycho_torch.reports import StepReport, write_atomic
 
 LOG = logging.getLogger("ptycho_torch")

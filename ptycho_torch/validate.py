@@ -32,10 +32,10 @@ from ptycho_torch import cli, physics
 from ptycho_torch.config import ExperimentConfig
 from ptycho_torch.config_factory import (ConfigError, TrainingPayload, config_hash,
                                          create_training_payload, payload_to_json,
-                                         resolve_config)
+                                         load_checkpoint_config, resolve_config)
 from ptycho_torch.data import (BRIGHTEST_QUANTILE, DETECTOR, CountsReader, check_data_file,
                                plausible_transmission, read_cxi)
-from ptycho_torch.model import load_checkpoint_config, load_model
+from ptycho_torch.model import load_model
 from ptycho_torch.reports import StepReport, sha256_file, write_atomic
 
 NON_INTEGER_LIMIT = 0.01  # largest fraction of non-zero pixels that may hold non-whole counts

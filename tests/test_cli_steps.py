@@ -45,6 +45,20 @@ def test_validate_refuses_bad_settings(tmp_path):
     assert_refused(out, tmp_path)
 
 
+def test_validate_refuses_zero_epochs_without_an_initial_model(tmp_path):
+    """Inference would run on the untrained network's random weights: refused, naming both
+    keys, before anything is written."""
+    out = run_step("validate", "--config", str(REPO / "tests/configs/tiny.yaml"),
+                   "--set", "training.epochs=0", "--train-data", "train.cxi",
+                   "--test-data", "test.cxi", "--out", "payload.json",
+                   "--report-dir", f"{REPORT_DIR}/validate", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    [problem] = [line for line in out.stderr.splitlines() if line.startswith("error: training")]
+    assert problem.startswith("error: training.epochs: 0 ") and "training.init_model" in problem
+    assert "Traceback" not in out.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
     """A working directory holding a simulated tiny train.cxi and test.cxi."""

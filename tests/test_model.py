@@ -454,7 +454,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_model(tiny, tmp_path, m
     """A weight turned infinite at epoch 3, step 2: exit 1, a message naming both, the model
     after epoch 2 kept in the evidence, no products."""
     from ptycho_torch import train
-    from ptycho_torch.model import load_checkpoint
+    from ptycho_torch.config_factory import load_checkpoint
     monkeypatch.chdir(tmp_path)
     _, data = tiny
     exp = {**TINY, "training": {**TINY["training"], "epochs": 4, "lr_schedule": "constant"}}
@@ -521,7 +521,7 @@ def _per_pixel(loss: str, predicted: np.ndarray, counts: np.ndarray) -> np.ndarr
 @pytest.mark.parametrize("loss", ["poisson", "mae"])
 def test_loss_ignores_a_wrong_prediction_behind_the_beamstop(tiny, loss):
     from ptycho_torch.config import DetectorConfig
-    from ptycho_torch.model import LOSSES, ValidPixels
+    from ptycho_torch.likelihood import LOSSES, ValidPixels
     from ptycho_torch.simulate import detector_mask
     _, data = tiny
     mask = detector_mask(data.N, DetectorConfig(beamstop_radius_px=2.5), np.random.default_rng(0))
@@ -542,7 +542,7 @@ def test_loss_ignores_a_wrong_prediction_behind_the_beamstop(tiny, loss):
 
 @pytest.mark.parametrize("loss", ["poisson", "mae"])
 def test_saturated_pixels_have_no_influence_on_the_loss_or_its_gradient(loss):
-    from ptycho_torch.model import LOSSES, ValidPixels
+    from ptycho_torch.likelihood import LOSSES, ValidPixels
     saturation = 40.0
     rng = np.random.default_rng(2)
     truth = rng.uniform(1.0, 60.0, (2, 16, 16))
@@ -563,7 +563,7 @@ def test_saturated_pixels_have_no_influence_on_the_loss_or_its_gradient(loss):
 
 
 def test_without_mask_or_saturation_the_loss_is_the_plain_mean_bitwise(tiny):
-    from ptycho_torch.model import ValidPixels, amplitude_mae_loss, poisson_loss
+    from ptycho_torch.likelihood import ValidPixels, amplitude_mae_loss, poisson_loss
     _, data = tiny  # the default detector: an all-good mask, no saturation
     assert data.mask is not None and not data.mask.any() and data.saturation_counts == 0
     counts = torch.from_numpy(data.counts[:6])
@@ -580,7 +580,7 @@ def test_without_mask_or_saturation_the_loss_is_the_plain_mean_bitwise(tiny):
 def test_training_fits_only_the_valid_pixels_of_each_pattern(tiny, monkeypatch):
     """The per-batch mask that reaches the loss: the detector mask and, per pattern, the
     pixels at the saturation level."""
-    from ptycho_torch import model as model_module
+    from ptycho_torch import likelihood
     from ptycho_torch.config import DetectorConfig
     from ptycho_torch.simulate import apply_detector, detector_mask
     cfg, data = tiny
@@ -597,7 +597,7 @@ def test_training_fits_only_the_valid_pixels_of_each_pattern(tiny, monkeypatch):
         seen.append((measured, valid))
         raise FirstBatch  # one batch says it all
 
-    monkeypatch.setitem(model_module.LOSSES, "poisson", recording)
+    monkeypatch.setitem(likelihood.LOSSES, "poisson", recording)
     with pytest.raises(FirstBatch):
         train_model(_tiny(), dataclasses.replace(data, counts=counts, mask=mask,
                                                  saturation_counts=saturation),

@@ -117,7 +117,7 @@ def test_calibration_ignores_counts_behind_the_beamstop_and_above_saturation(sce
     """Whatever the masked and clipped pixels hold, the calibration does not move; without
     the detector's description they pull it elsewhere."""
     from ptycho_torch.config import DetectorConfig
-    from ptycho_torch.model import ValidPixels
+    from ptycho_torch.likelihood import ValidPixels
     from ptycho_torch.simulate import apply_detector, detector_mask
     obj, probe, pos, patches = scene
     keep = (15 * np.arange(4)[:, None] + np.arange(4)).ravel()  # a 4 x 4 block of the raster

@@ -99,6 +99,8 @@ BAD_CONFIGS = [
     ("empty experiment name", {"experiment": ""}, None, "experiment", "letters, digits"),
     ("non-ASCII experiment name", {"experiment": "caf\u00e9"}, None, "experiment", "ASCII"),
     ("huge integer for float", {"data": {"nphotons": 10 ** 400}}, None, "data.nphotons", "finite"),
+    ("zero epochs without an initial model", {"training": {"epochs": 0}}, None,
+     "training.epochs", "training.init_model is not set"),
     ("override below a leaf", {"data": {"N": 32}}, {"data.N.x": 1}, "data.N.x", "non-mapping"),
     ("override creates a section under a leaf", None, {"data.N.x": 1}, "data.N",
      "expected an integer"),
@@ -115,6 +117,12 @@ def test_bad_config_is_named_by_key_path(experiment, overrides, key, words):
     assert problems[0].startswith(f"{key}: "), problems[0]
     assert words in problems[0]
     assert str(err.value) == problems[0]
+
+
+def test_zero_epochs_from_an_initial_model_is_accepted():
+    """Fine-tuning for 0 epochs: the given model as it is (its file is checked by validate)."""
+    cfg = resolve_config({"training": {"epochs": 0, "init_model": "source.pt"}})
+    assert cfg.training.epochs == 0 and cfg.training.init_model == "source.pt"
 
 
 BAD_YAML = [
@@ -337,7 +345,7 @@ def test_checkpoint_from_other_architecture(work):
 
 @pytest.mark.parametrize("content", [None, b"not a checkpoint", b"PK\x03\x04garbage"])
 def test_unreadable_checkpoint(work, content):
-    from ptycho_torch.model import load_checkpoint
+    from ptycho_torch.config_factory import load_checkpoint
     if content is not None:
         (work / "model.pt").write_bytes(content)
     with pytest.raises(ConfigError) as err:
@@ -346,7 +354,7 @@ def test_unreadable_checkpoint(work, content):
 
 
 def test_checkpoint_with_arbitrary_pickle_is_refused(work):
-    from ptycho_torch.model import load_checkpoint
+    from ptycho_torch.config_factory import load_checkpoint
     torch.save({"state_dict": {}, "config": {}, "evil": ExecutionConfig()}, work / "model.pt")
     with pytest.raises(ConfigError, match="model: "):
         load_checkpoint(work / "model.pt")
