@@ -2,6 +2,7 @@
 # make test  - the whole test suite
 # make bench - the benchmarks and the method comparison: one table, benchmarks/runs/<UTC time>.json
 # make iterative - install the optional iterative reference (pty-chi); make test and bench do
+# make lint - rule files formatted (snakefmt) and linted (snakemake --lint; workflow/lint-allowed.yaml)
 # make clean - remove results/ and Snakemake's state (reports/ is evidence: kept)
 
 VENV := .venv
@@ -10,7 +11,7 @@ STAMP := $(VENV)/.installed
 ITERATIVE := $(VENV)/.installed-iterative
 PTYCHI := ptychi==2.2.0
 
-.PHONY: run test bench clean iterative
+.PHONY: run test bench clean iterative lint
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -35,6 +36,9 @@ run: $(STAMP)
 
 test: $(ITERATIVE)
 	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) workflow/scripts/check_style.py
 
 bench: $(ITERATIVE)
 	$(PY) benchmarks/run_all.py

@@ -34,7 +34,8 @@ include: "workflow/rules/audit.smk"  # snakemake audit: verify reports/ and resu
 report: "workflow/report/workflow.rst"
 
 
-localrules: all
+localrules:
+    all,
 
 
 rule all:

@@ -1,17 +1,21 @@
-"""Simulation throughput against a bare batched FFT, and peak memory of big data sets.
+"""Simulation throughput against its bare operations (FFT + Poisson), and peak memory.
 
     python benchmarks/simulate.py [--repeats 7] [--threads 2] [--quick]
 
 Measured side by side in one run (medians of interleaved repeats; these shared
 machines vary by +-50 % between runs, ratios much less):
 
-* bound: ``torch.fft.fft2`` of a complex64 ``[n, N, N]`` batch, the shape of the
-  default training set (the FFT every pattern needs, nothing else);
+* bound: the sum of the bare operations simulation cannot avoid, timed apart:
+  ``fft``, ``torch.fft.fft2`` of a complex64 ``[n, N, N]`` batch, the shape of the
+  default training set (the far field every pattern needs), and ``poisson``, exact
+  Poisson draws ``[n, N, N]`` with the simulation's means (numpy ``Generator.poisson``
+  on float64 means, one generator per block of ``simulate.NOISE_BLOCK`` patterns, on
+  the same threads; nothing else);
 * forward: the simulator's noise-free patterns (exact sub-pixel sampling, probe,
   far field, ``|F|^2``), ``simulate.expected_intensity``;
 * noise: the exact Poisson draws, ``simulate.poisson_counts``;
 * simulate: forward + photon scaling + noise, ``simulate.simulate_scan`` (the
-  throughput figure; the target is >= 0.5 x the bound's patterns/s).
+  throughput figure; the target is >= 0.8 x the bound's patterns/s).
 
 Peak memory (peak RSS ``VmHWM`` of a fresh subprocess, its mark reset after the imports
 with Linux ``clear_refs``, so the import of torch does not hide it): simulating and
@@ -33,6 +37,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +48,8 @@ sys.path.insert(0, str(REPO))
 
 from ptycho_torch import physics, simulate  # noqa: E402
 from ptycho_torch.config import DataConfig, ExecutionConfig  # noqa: E402
+
+TARGET = 0.8  # simulate patterns/s over the FFT+Poisson bound's
 
 
 def default_scan(cfg: DataConfig, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -63,15 +70,34 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def bare_poisson(means: np.ndarray, seeds: np.ndarray, threads: int) -> None:
+    """Exact Poisson draws (counts) with float64 ``means [n, N, N]`` (counts), one
+    generator per block of ``NOISE_BLOCK`` patterns, blocks on ``threads`` threads.
+
+    Each block's counts are dropped once drawn, so their memory is reused: the draws
+    alone (kept, fresh pages would add ~30 % here; the simulation draws in place)."""
+    blocks = range(0, len(means), simulate.NOISE_BLOCK)
+
+    def draw(k: int) -> None:
+        s = blocks[k]
+        np.random.default_rng(seeds[k]).poisson(means[s:s + simulate.NOISE_BLOCK])
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(draw, range(len(blocks))))
+
+
 def throughput(cfg: DataConfig, repeats: int, threads: int) -> dict:
-    """Medians (s) of the bound, forward, noise and full simulation, interleaved."""
+    """Medians (s) of the bound's parts (fft, poisson; bound = their sum), forward,
+    noise and full simulation, interleaved."""
     obj, probe, positions = default_scan(cfg, cfg.object.train_size_px)
     n, N = len(positions), cfg.N
     batch = torch.randn(n, N, N, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
     expected = simulate.expected_intensity(obj, probe, positions, workers=threads)
     scale = cfg.nphotons / expected.sum(axis=(1, 2), dtype=np.float64).mean()
+    means = expected.astype(np.float64) * scale  # counts, as poisson_counts draws them
+    seeds = np.random.default_rng(1).integers(0, 2 ** 63, size=-(-n // simulate.NOISE_BLOCK))
     runs = {
-        "bound": lambda: torch.fft.fft2(batch),
+        "fft": lambda: torch.fft.fft2(batch),
+        "poisson": lambda: bare_poisson(means, seeds, threads),
         "forward": lambda: simulate.expected_intensity(obj, probe, positions, workers=threads),
         "noise": lambda: simulate.poisson_counts(expected.copy(), scale,
                                                  np.random.default_rng(1), threads),
@@ -87,6 +113,7 @@ def throughput(cfg: DataConfig, repeats: int, threads: int) -> dict:
     copy_s = statistics.median(timed(expected.copy) for _ in range(repeats))
     med = {k: statistics.median(v) for k, v in times.items()}
     med["noise"] = max(med["noise"] - copy_s, 1e-9)  # the copy is only for the benchmark
+    med["bound"] = med["fft"] + med["poisson"]
     return {"patterns": n, "N": N, "object_px": cfg.object.train_size_px, "seconds": med,
             "groups": len(simulate.fraction_groups(positions, N)[1])}
 
@@ -200,17 +227,18 @@ def memory(cfg: DataConfig, threads: int, n_default: int, quick: bool) -> dict:
 def report(tp: dict, mem: dict, threads: int) -> dict:
     n, s = tp["patterns"], tp["seconds"]
     rate = {k: n / v for k, v in s.items()}
-    ratio = {k: rate[k] / rate["bound"] for k in ("forward", "noise", "simulate")}
+    stages = ("fft", "poisson", "bound", "forward", "noise", "simulate")
+    ratio = {k: rate[k] / rate["bound"] for k in stages}
     print(f"simulation throughput: default training set, {n} patterns of {tp['N']}x{tp['N']}, "
           f"object {tp['object_px']} px, {tp['groups']} sub-pixel groups, {threads} threads")
-    print(f"{'stage':<10} {'median s':>10} {'patterns/s':>12} {'vs FFT bound':>13}")
-    for name in ("bound", "forward", "noise", "simulate"):
-        rel = "1.00" if name == "bound" else f"{ratio[name]:.2f}"
-        print(f"{name:<10} {s[name]:>10.4f} {rate[name]:>12.0f} {rel:>13}")
-    met = ratio["simulate"] >= 0.5
-    print(f"target: simulate >= 0.5 x bound: {'met' if met else 'NOT met'} "
-          f"({ratio['simulate']:.2f}); exact Poisson sampling alone runs at "
-          f"{ratio['noise']:.2f} x the bound")
+    print(f"{'stage':<10} {'median s':>10} {'patterns/s':>12} {'vs FFT+Poisson':>15}")
+    for name in stages:
+        print(f"{name:<10} {s[name]:>10.4f} {rate[name]:>12.0f} {ratio[name]:>15.2f}")
+    met = ratio["simulate"] >= TARGET
+    print(f"target: simulate >= {TARGET} x bound (fft + poisson): {'met' if met else 'NOT met'} "
+          f"({ratio['simulate']:.2f}); beyond the bound: forward - fft "
+          f"{s['forward'] - s['fft']:.4f} s, noise - poisson {s['noise'] - s['poisson']:.4f} s, "
+          f"simulate - forward - noise {s['simulate'] - s['forward'] - s['noise']:.4f} s")
     print()
     print(f"{'peak memory (fresh process, after imports)':<46} {'patterns':>9} {'data MiB':>9} "
           f"{'RSS MiB':>8} {'peak MiB':>9} {'+MiB':>7}")
@@ -226,8 +254,8 @@ def report(tp: dict, mem: dict, threads: int) -> dict:
         print(f"{label:<46} {patterns:>9} {mb:>9.1f} {r['rss_before_mb']:>8.1f} "
               f"{r['peak_mb']:>9.1f} {r['increment_mb']:>7.1f}")
     return {"threads": threads, "patterns": n, "N": tp["N"], "subpixel_groups": tp["groups"],
-            "seconds": s, "patterns_per_second": rate, "ratio_to_fft_bound": ratio,
-            "target_ratio": 0.5, "target_met": met, "memory": mem}
+            "seconds": s, "patterns_per_second": rate, "ratio_to_fft_poisson_bound": ratio,
+            "target_ratio": TARGET, "target_met": met, "memory": mem}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,10 +20,18 @@ Checks:
 * every file in a step directory listed in its manifest with matching size and sha256,
   nothing missing, nothing stray; each step's manifest matches the sha256 that the
   run index (``index.json``, itself a verified product) recorded for it;
-* every product (each file under ``results/`` except Snakemake's ``logs/`` and
-  ``benchmarks/`` and the audit's own ``audit/``, each file in a run directory, each
-  product a manifest names) matches the newest manifest that records making it;
-  products made by another run than the one audited are reported as information;
+* every product (each file under ``results/`` except the audit's own ``audit/``, each
+  file in a run directory, each product a manifest names) matches the newest manifest
+  that records making it; products made by another run than the one audited are
+  reported as information;
+* Snakemake's own files, ``results/<experiment>/logs/<rule>.log`` and
+  ``benchmarks/<rule>.tsv``, are checked like products against the newest manifest that
+  ``sealed`` them (the report or study step after their rule, :mod:`ptycho_torch.reports`).
+  The files no step can seal (the report's, the study's and the audit's own, and those of
+  rules no report or study step has run after yet) are listed as information, "not
+  covered", with the reason; a sealed file that changed while a later step of its
+  experiment ran is a warning (a rule that ran again; the next report seals it), otherwise
+  a finding;
 * every input a step recorded, when it is a product, matches a recorded version of it.
 
 Levels: ``finding`` (exit status 1), ``warning`` (a finding with ``--strict``),
@@ -55,7 +63,13 @@ from ptycho_torch.reports import (CONFIG, MANIFEST, SUMMARY, digest_file, is_run
                                   load_manifest, write_atomic)
 
 LEVELS = ("ok", "info", "warning", "finding")
-NOT_PRODUCTS = frozenset({"logs", "benchmarks", "audit"})  # results/<experiment>/<these>/
+NOT_PRODUCTS = frozenset({"audit"})  # results/<experiment>/<these>/
+SNAKEMAKE_FILES = frozenset({"logs", "benchmarks"})  # results/<experiment>/<these>/: sealed
+# Rules whose Snakemake files no step can seal: Snakemake writes them while and after the
+# step that seals the others runs (nothing in the workflow runs after it)
+UNSEALABLE = MappingProxyType({"report": "the report step's own", "study": "the study step's own",
+                               "report_with_comparison": "the report step's own",
+                               "audit": "the audit's own"})
 ALLOWED_IN_REPORTS = frozenset({"latest", ".gitkeep"})
 STEP_EVIDENCE = MappingProxyType({"validate": ("payload.json",), "train": ("loss.png",),
                                   "infer": ("reconstruction.png",),
@@ -95,6 +109,7 @@ class Record:
     ended: str
     sha256: str | None
     size: int | None
+    sealed: bool = False  # a Snakemake file the step sealed, not a product it made
 
     @property
     def where(self) -> str:
@@ -283,11 +298,13 @@ def read_ledger(steps: list[StepDir]) -> Ledger:
                 ledger.unverified.setdefault(name, []).append(step.parts)
             continue
         ledger.manifests[step.parts] = m
-        for key, table in (("products", ledger.producers), ("inputs", ledger.consumers)):
+        for key, table in (("products", ledger.producers), ("sealed", ledger.producers),
+                           ("inputs", ledger.consumers)):
             for name, entry in table_of(m, key).items():
                 entry = entry if isinstance(entry, dict) else {}
                 table.setdefault(name, []).append(Record(
-                    step.parts, str(m.get("ended_utc")), entry.get("sha256"), entry.get("size")))
+                    step.parts, str(m.get("ended_utc")), entry.get("sha256"), entry.get("size"),
+                    key == "sealed"))
     for table in (ledger.producers, ledger.consumers):
         for records in table.values():
             records.sort(key=lambda r: (r.parts[0], r.ended))
@@ -479,7 +496,7 @@ def product_candidates(scope: Scope, tree: Tree, ledger: Ledger) -> dict[str, Pa
             names[rel(path, scope.project)] = path
     for parts, m in ledger.manifests.items():
         if scope.covers(parts):
-            for name in table_of(m, "products"):
+            for name in [*table_of(m, "products"), *table_of(m, "sealed")]:
                 names.setdefault(name, Path(name) if Path(name).is_absolute()
                                  else scope.project / name)
     return names
@@ -494,14 +511,51 @@ def check_product(name: str, path: Path, scope: Scope, ledger: Ledger,
         return absent_product(name, path, scope, made)
     if isinstance(found, str):
         return "finding", found
+    snakemake_file = snakemake_rule(name)
+    if not made and snakemake_file:
+        return "info", not_covered(snakemake_file)
     if not made:
         return untraced_product(name, found, ledger)
     newest = made[-1]
+    verb = "sealed" if newest.sealed else "made"
     if (newest.size, newest.sha256) == found:
         if scope.covers(newest.parts):
-            return "ok", f"made by {newest.where}"
-        return "info", f"made by another run or step: {newest.where} (its manifest matches)"
+            return "ok", f"{verb} by {newest.where}"
+        return "info", f"{verb} by another run or step: {newest.where} (its manifest matches)"
+    rerun = snakemake_file and later_step(name, newest, ledger)
+    if rerun:
+        return "warning", (f"changed since {newest.where} sealed it; {rerun} ran later (its rule "
+                           "ran again?): not covered until a report or study step seals it")
     return "finding", changed_product(name, found, made, ledger)
+
+
+def snakemake_rule(name: str) -> str | None:
+    """The rule of a Snakemake file ``results/<experiment>/{logs,benchmarks}/<rule>.*``,
+    else None."""
+    parts = Path(name).parts
+    if len(parts) == 4 and parts[0] == "results" and parts[2] in SNAKEMAKE_FILES:
+        return Path(parts[3]).stem
+    return None
+
+
+def not_covered(rule: str) -> str:
+    """Why no manifest seals the log or benchmark of ``rule``."""
+    if rule in UNSEALABLE:
+        return (f"not covered: {UNSEALABLE[rule]} Snakemake file, written while and after the "
+                "step that seals the others runs")
+    return (f"not covered: no report or study step has run after rule {rule!r} (they seal "
+            "the log and benchmark of the rules before them)")
+
+
+def later_step(name: str, seal: Record, ledger: Ledger) -> str | None:
+    """A step that made products of the same experiment and started after ``seal`` was
+    written (its rule may have rewritten the file since), or None."""
+    prefix = "/".join(Path(name).parts[:2]) + "/"  # results/<experiment>/
+    later = sorted((str(m.get("started_utc")), "/".join(parts))
+                   for parts, m in ledger.manifests.items()
+                   if str(m.get("started_utc")) > seal.ended
+                   and any(p.startswith(prefix) for p in table_of(m, "products")))
+    return later[-1][1] if later else None
 
 
 def untraced_product(name: str, found: Digest, ledger: Ledger) -> tuple[str, str]:
@@ -538,7 +592,8 @@ def absent_product(name: str, path: Path, scope: Scope, made: list[Record]) -> t
     if inside[0] == "results" and len(inside) > 2 and not (scope.project / "results" /
                                                            inside[1]).is_dir():
         return "warning", f"results/{inside[1]}/ is absent (cleaned?): not checked"
-    return "finding", f"missing: made by {where}, not on disk"
+    verb = "sealed" if made and made[-1].sealed else "made"
+    return "finding", f"missing: {verb} by {where}, not on disk"
 
 
 # ---------------------------------------------------------------- the audit

@@ -49,6 +49,22 @@ def add_report_arg(parser: argparse.ArgumentParser) -> None:
                         help="step evidence directory reports/<run_id>/<experiment>/<step>")
 
 
+def add_seal_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seal", type=Path, nargs="*", default=[], metavar="FILE",
+                        help="Snakemake's log and benchmark files of the steps before this one "
+                             "(results/<experiment>/{logs,benchmarks}/): their sha256 and size "
+                             "go into this step's manifest, for the audit")
+
+
+def sealable(paths: list[Path]) -> list[Path]:
+    """The files of ``--seal`` that exist; a missing one is logged (a step that never ran
+    under Snakemake, or a file deleted since) and left out."""
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        LOG.warning("--seal: not found, not sealed: %s", ", ".join(missing))
+    return [p for p in paths if p.is_file()]
+
+
 def add_execution_args(parser: argparse.ArgumentParser) -> None:
     """Flags shared by train and infer: where/how fast, never what is computed."""
     g = parser.add_argument_group("execution (never changes the science)")
@@ -125,8 +141,9 @@ def _remove_report_dir(directory: Path) -> None:
 def run_step(step: str, args: argparse.Namespace, products: list[Path],
              body: Callable[[ExperimentConfig, StepReport], None],
              load_config: Callable[[argparse.Namespace], ExperimentConfig] = config_from_args,
-             inputs: list[Path] | None = None) -> int:
-    """Validate, then run ``body(cfg, report)`` with full evidence; returns the exit status."""
+             inputs: list[Path] | None = None, sealed: list[Path] | None = None) -> int:
+    """Validate, then run ``body(cfg, report)`` with full evidence; returns the exit status.
+    ``sealed``: files recorded in the manifest (``sealed``), never removed on failure."""
     try:
         cfg = load_config(args)
     except (ConfigError, DataFileError) as exc:
@@ -137,7 +154,7 @@ def run_step(step: str, args: argparse.Namespace, products: list[Path],
     args.report_dir.mkdir(parents=True)
     handler = _attach_log(args.report_dir, step)
     rep = StepReport(args.report_dir, step, products, config_hash(cfg), cfg.seed,
-                     inputs=list(inputs or []))
+                     inputs=list(inputs or []), sealed=sealable(sealed or []))
     LOG.info("%s: run %s, experiment %s, config %s", step, rep.run_id, cfg.experiment,
              rep.config_hash[:12])
     rep.write_json("config.json", dataclasses.asdict(cfg))

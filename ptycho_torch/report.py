@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--figures", type=Path, nargs="*", default=[], help="PNG figures to embed")
     parser.add_argument("--comparison", type=Path,
                         help="comparison.json of the compare step: adds its table (optional)")
+    cli.add_seal_arg(parser)
     parser.add_argument("--out", type=Path, required=True,
                         help="copy of index.md at a fixed path (results/<experiment>/report/)")
     args = parser.parse_args(argv)
@@ -200,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                        + (f", {untraced} UNTRACED" if untraced else ""))
 
     return cli.run_step("report", args, products, body, load_config=load,
-                        inputs=[args.metrics, *args.figures, *filter(None, [args.comparison])])
+                        inputs=[args.metrics, *args.figures, *filter(None, [args.comparison])],
+                        sealed=args.seal)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ the step log ``<step>.log``, step-specific evidence (``config.json`` always), an
 * ``products``: sha256 and size of every product the step wrote (``results/...``);
 * ``inputs``: sha256 and size of every input it read, so a product is traceable to
   the exact files it was made from;
+* ``sealed`` (report and study steps only): sha256 and size of the files Snakemake wrote
+  for the steps before it (``results/<experiment>/logs/<rule>.log`` and
+  ``benchmarks/<rule>.tsv``), which no step can record about itself: the log is still
+  open and the benchmark not yet written while a step runs;
 * ``config_hash`` (resolved science settings), ``seed``, ``code`` (git commit and
   dirty flag, ``"unknown"``/``None`` outside a git checkout), ``packages`` (Python,
   torch, numpy, h5py, snakemake, ...), ``host``, ``slurm_job_id``, ``workdir``,
@@ -203,6 +207,7 @@ class StepReport:
     verdict: str = ""
     numbers: dict[str, Any] = field(default_factory=dict)
     inputs: list[Path] = field(default_factory=list)
+    sealed: list[Path] = field(default_factory=list)  # Snakemake's files of earlier steps
     started: str = field(default_factory=utc_now)
     t0: float = field(default_factory=time.perf_counter)
     environment: dict[str, Any] | None = None  # default: environment() when finishing
@@ -233,6 +238,7 @@ class StepReport:
                  f"- command: `{' '.join(shlex.quote(a) for a in sys.argv)}`"]
         lines += [f"- input: `{path_key(p)}`" for p in self.inputs]
         lines += [f"- product: `{path_key(p)}`" for p in self.products]
+        lines += [f"- sealed: `{path_key(p)}`" for p in self.sealed]
         if self.numbers:
             lines += ["", "| quantity | value |", "|---|---|"]
             lines += [f"| {k} | {_fmt(v)} |" for k, v in self.numbers.items()]
@@ -252,7 +258,8 @@ class StepReport:
         manifest = {
             "step": self.step, "run_id": self.run_id, "experiment": self.experiment,
             "status": "ok", "files": files, "products": entries(self.products),
-            "inputs": entries(self.inputs), "config_hash": self.config_hash, "seed": self.seed,
+            "inputs": entries(self.inputs),
+            **({"sealed": entries(self.sealed)} if self.sealed else {}), "config_hash": self.config_hash, "seed": self.seed,
             **(self.environment or environment()),
             "workdir": str(Path.cwd()), "command": sys.argv,
             "started_utc": self.started, "ended_utc": ended, "duration_s": round(seconds, 3),

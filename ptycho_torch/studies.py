@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="one value (JSON) and its comparison.json; repeat, in plot order")
     parser.add_argument("--out-dir", type=Path, required=True,
                         help=f"writes {', '.join(PRODUCTS)} here")
+    cli.add_seal_arg(parser)
     cli.add_report_arg(parser)
     args = parser.parse_args(argv)
     products = [args.out_dir / n for n in PRODUCTS]
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         LOG.info("study: %s", rep.verdict)
 
     return cli.run_step("study", args, products, body, load_config=load,
-                        inputs=[Path(f) for _, f in args.point])
+                        inputs=[Path(f) for _, f in args.point], sealed=args.seal)
 
 
 if __name__ == "__main__":

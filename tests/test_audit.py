@@ -383,6 +383,61 @@ MUTATIONS = {  # id: (mutation, the row's item, words of its message)
 }
 
 
+# Snakemake's own files: the second run's report sealed them (the first run's files of the
+# steps it did not rerun, unchanged, and the second run's infer files)
+LOGS, BENCH = "results/tiny/logs", "results/tiny/benchmarks"
+SEALED = "sealed by {second}/tiny/report"
+SNAKEMAKE_MUTATIONS = {
+    "delete-train-log": (delete(f"{LOGS}/train.log"), f"{LOGS}/train.log", f"missing: {SEALED}"),
+    "delete-infer-benchmark": (delete(f"{BENCH}/infer.tsv"), f"{BENCH}/infer.tsv",
+                               f"missing: {SEALED}"),
+    "delete-validate-log": (delete(f"{LOGS}/validate.log"), f"{LOGS}/validate.log",
+                            f"missing: {SEALED}"),
+    "truncate-validate-benchmark": (truncate(f"{BENCH}/validate.tsv"), f"{BENCH}/validate.tsv",
+                                    "truncated"),
+    "truncate-simulate-log": (truncate(f"{LOGS}/simulate.log"), f"{LOGS}/simulate.log",
+                              "truncated"),
+    "append-infer-log": (append_byte(f"{LOGS}/infer.log"), f"{LOGS}/infer.log", "grew"),
+    "append-simulate-benchmark": (append_byte(f"{BENCH}/simulate.tsv"), f"{BENCH}/simulate.tsv",
+                                  "grew"),
+    "append-train-benchmark": (append_byte(f"{BENCH}/train.tsv"), f"{BENCH}/train.tsv", "grew"),
+    "flip-train-benchmark": (replace(f"{BENCH}/train.tsv"), f"{BENCH}/train.tsv", "modified"),
+    "flip-validate-log": (replace(f"{LOGS}/validate.log"), f"{LOGS}/validate.log", "modified"),
+}
+MUTATIONS.update(SNAKEMAKE_MUTATIONS)
+
+
+def test_snakemake_files_are_sealed_and_the_rest_said_not_covered(project, tmp_path):
+    """Each step's log and benchmark are sealed by the report after it; the report's own
+    two files (written while and after it runs) are listed as not covered, with the reason."""
+    status, doc = run_audit(str(copy_tree(project, tmp_path) / "reports"))
+    assert status == 0, rows(doc, "finding")
+    said = {r["item"]: (r["level"], r["message"]) for r in doc["rows"]}
+    for step in ("simulate", "validate", "train", "infer"):
+        for name in (f"{LOGS}/{step}.log", f"{BENCH}/{step}.tsv"):
+            assert said[name] == ("ok", f"sealed by {project.second}/tiny/report"), name
+    for name in (f"{LOGS}/report.log", f"{BENCH}/report.tsv"):
+        level, message = said[name]
+        assert level == "info" and message.startswith("not covered: the report step's own")
+    assert not [r for r in doc["rows"] if r["kind"] == "product" and r["level"] == "info"
+                and "not covered" in r["message"] and "/report." not in r["item"]]
+
+
+def test_a_sealed_file_rewritten_by_a_later_step_is_a_warning_not_a_finding():
+    """A rule that ran again after the last report rewrote its log: the seal is stale, which
+    the audit says (a warning) but does not call tampering."""
+    seal = audit.Record(("2026-01-01T000000Z", "e", "report"), "2026-01-01T00:10:00", "a", 1, True)
+    ledger = audit.Ledger(manifests={
+        ("2026-01-02T000000Z", "e", "infer"): {"started_utc": "2026-01-02T00:00:00",
+                                               "products": {"results/e/infer/metrics.json": {}}},
+        ("2026-01-02T000000Z", "f", "infer"): {"started_utc": "2026-01-03T00:00:00",
+                                               "products": {"results/f/infer/metrics.json": {}}}})
+    assert audit.later_step("results/e/logs/infer.log", seal, ledger) == "2026-01-02T000000Z/e/infer"
+    assert audit.later_step("results/g/logs/infer.log", seal, ledger) is None
+    assert audit.snakemake_rule("results/e/benchmarks/train.tsv") == "train"
+    assert audit.snakemake_rule("results/e/train/model.pt") is None
+
+
 @pytest.mark.parametrize("name", MUTATIONS)
 def test_the_audit_names_each_damage(project, tmp_path, name):
     mutate, item, words = MUTATIONS[name]
@@ -442,6 +497,7 @@ def test_snakemake_audit_target(project):
     assert out.returncode == 0, out.stdout
     assert jobs_run(out.stdout) == {"audit"} and "CLEAN" in out.stdout
     assert json.loads((project.workdir / "results/tiny/audit/audit.json").read_text())["clean"]
+    assert "CLEAN" in (project.workdir / "results/tiny/logs/audit.log").read_text()
     assert run_dirs(project.workdir) == before
     again = run_snakemake(project.workdir, "--dry-run", *project.args())
     assert again.returncode == 0 and "Nothing to be done" in again.stdout, again.stdout

@@ -56,16 +56,17 @@ def declared_local_steps() -> set[str]:
         re.MULTILINE)}
 
 
-MAIN_PROCESS_STEPS = declared_local_steps()  # today validate and report
+MAIN_PROCESS_STEPS = declared_local_steps()  # none today: `localrules: all` only
 SLURM_STEPS = set(STEPS) - MAIN_PROCESS_STEPS
 FAILS_ONCE = "train"  # the step whose first SLURM job fails on purpose
 
+THREADS = 2  # execution.threads of both runs: the timed steps' `threads:`, so CPUs per job vary
 # What the test cluster needs on top of the profile (a command-line --set-resources or
 # --set-threads replaces the profile's whole entry: these are train's complete resources and
-# threads here; one thread, like the local run whose products must match byte for byte).
+# threads here; THREADS threads, like the local run whose products must match byte for byte).
 TEST_CLUSTER_ARGS = (
-    "--set-resources", "train:gpu=0", "train:cpus_per_task=1", "train:mem_mb=2000",
-    "train:runtime=10", "--set-threads", "train=1",
+    "--set-resources", "train:gpu=0", f"train:cpus_per_task={THREADS}", "train:mem_mb=2000",
+    "train:runtime=10", "--set-threads", f"train={THREADS}",
     "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
 )
 RUN_TIMEOUT_S = 300  # a hang (e.g. sacct without accounting) must fail, not block CI
@@ -130,6 +131,13 @@ def squeue(env: dict[str, str]) -> dict[str, dict[str, str]]:
     return {r[0]: {"name": r[1], "comment": r[2], "state": r[3]} for r in rows}
 
 
+def scontrol_cpus_per_task(job: str, env: dict[str, str]) -> int:
+    """The CPUs per task slurmctld granted job ``job`` (``scontrol show job``: CPUs/Task)."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", job], env=env, capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+    return int(re.search(r"\bCPUs/Task=(\d+)", out).group(1))
+
+
 # ---------------------------------------------------------------- one run under SLURM
 
 def fail_first_train_job(workdir: Path) -> Path:
@@ -163,6 +171,7 @@ class ClusterRun:
     out: subprocess.CompletedProcess
     local: Path  # the same config run with profiles/local
     jobs: dict[str, dict[str, str]]  # squeue right after the run
+    cpus_per_task: dict[str, int]  # scontrol's CPUs/Task of each job, right after the run
     submitted: list[tuple[str, str]]  # (rule, SLURM job id) in submission order
     marker: Path
 
@@ -180,7 +189,8 @@ def cluster_run(slurm_env, tmp_path_factory) -> ClusterRun:
     workdir = copy_workflow(tmp_path_factory.mktemp("slurm"))
     local = copy_workflow(tmp_path_factory.mktemp("local"))
     for d in (workdir, local):  # no wall-clock limit on training: identical epochs in both runs
-        (d / "no-time-limit.yaml").write_text("training:\n  max_minutes: 0\n")
+        (d / "no-time-limit.yaml").write_text(
+            f"training:\n  max_minutes: 0\nexecution:\n  threads: {THREADS}\n")
     configs = ("--configfile", TINY, "no-time-limit.yaml")
     marker = fail_first_train_job(workdir)
     # the reference run shares the 2 cores with the cluster run, which mostly waits
@@ -195,12 +205,13 @@ def cluster_run(slurm_env, tmp_path_factory) -> ClusterRun:
             cwd=workdir, env=slurm_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, timeout=RUN_TIMEOUT_S + 30)
         jobs = squeue(slurm_env)
+        cpus = {job: scontrol_cpus_per_task(job, slurm_env) for job in jobs}
     finally:
         reference_out = reference.communicate(timeout=RUN_TIMEOUT_S + 30)[0]
     assert reference.returncode == 0, reference_out
     assert out.returncode == 0, f"profiles/slurm run: rc {out.returncode}\n{out.stdout}"
     submitted = [(rule, job) for _, job, rule in SUBMITTED.findall(out.stdout)]
-    return ClusterRun(workdir, out, local, jobs, submitted, marker)
+    return ClusterRun(workdir, out, local, jobs, cpus, submitted, marker)
 
 
 def test_every_cluster_step_ran_as_its_own_slurm_job(cluster_run):
@@ -219,6 +230,27 @@ def test_every_cluster_step_ran_as_its_own_slurm_job(cluster_run):
     for step in MAIN_PROCESS_STEPS:
         assert f"localrule {step}:" in run.out.stdout
         assert run.manifest(step)["slurm_job_id"] is None
+
+
+def job_threads(output: str) -> dict[str, int]:
+    """``threads:`` of each rule's job block ("rule X:" ...) in Snakemake's output; a block
+    without that line has one thread (Snakemake prints it only above 1)."""
+    found = {}
+    for rule, block in re.findall(r"^(?:local)?rule (\w+):\n(.*?)(?=^\S|\Z)", output,
+                                  re.MULTILINE | re.DOTALL):
+        line = re.search(r"^\s+threads: (\d+)$", block, re.MULTILINE)
+        found[rule] = int(line.group(1)) if line else 1
+    return found
+
+
+def test_each_job_asks_slurm_for_as_many_cpus_as_its_rule_has_threads(cluster_run):
+    """--cpus-per-task = the rule's threads for every job (train: threads x processes, 1
+    process here), as slurmctld granted it; the timed steps have THREADS, the others 1, so
+    one CPU default for all (what the profile asked for before) fails here."""
+    threads = job_threads(cluster_run.out.stdout)
+    assert threads["infer"] == threads["train"] == THREADS and threads["simulate"] == 1, threads
+    granted = {(rule, job): cluster_run.cpus_per_task[job] for rule, job in cluster_run.submitted}
+    assert granted == {(rule, job): threads[rule] for rule, job in cluster_run.submitted}
 
 
 def test_all_steps_share_one_run_id(cluster_run):

@@ -1,7 +1,9 @@
 """Studies: one experiment per value (config/studies/*.yaml, workflow/rules/studies.smk,
 ptycho_torch/studies.py). A dry run of every shipped study, the refusal of an invalid value,
-and one tiny study run end to end with all three methods (pty-chi included): the table, the
-plot, each value's evidence under its own experiment, and a clean audit."""
+and two tiny studies run end to end with all four methods (pty-chi included), a tiny
+position-error study with position correction and a tiny probe-error study with probe
+refinement: the table, the plot, each value's evidence under its own experiment, the
+errors each value's methods report, and a clean audit."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,10 +28,42 @@ STUDIES = sorted((REPO / "config" / "studies").glob("*.yaml"))
 POINT_RULES = ("simulate", "validate", "train", "infer", "baseline_train", "baseline_infer",
                "iterative", "hybrid", "comparison")
 METHODS = ["pinn", "supervised", "iterative", "pinn_iterative"]
-# The tiny study: two doses on the tiny experiment, short pty-chi and calibration.
+# A tiny study for the dry runs: two doses on the tiny experiment
 TINY_STUDY = {"experiment": "tstudy", "study": {"key": "data.nphotons", "values": [1.0e4, 1.0e6]},
               "iterative": {"epochs": 4}, "inference": {"calibration_iterations": 10}}
 POINTS = ["tstudy_nphotons_1e4", "tstudy_nphotons_1e6"]
+
+
+@dataclass(frozen=True)
+class TinyStudy:
+    """A tiny version of a shipped study: the error-free value and one with errors, on the
+    tiny experiment, short pty-chi and calibration, the refinement on."""
+    name: str  # its experiment (and target study_<name>)
+    key: str
+    values: tuple[float, float]
+    settings: dict  # what it adds to the tiny experiment
+    record: str  # the metrics.json record of the error (infer.positions_record, probe_record)
+
+    def config(self) -> dict:
+        short = {"iterative": {"epochs": 4}, "inference": {"calibration_iterations": 10}}
+        merged = {k: {**short.get(k, {}), **self.settings.get(k, {})}
+                  for k in {*short, *self.settings}}
+        return {"experiment": self.name, "study": {"key": self.key, "values": list(self.values)},
+                **merged}
+
+    @property
+    def points(self) -> list[str]:
+        leaf = self.key.rsplit(".", 1)[-1]
+        return [f"{self.name}_{leaf}_{value_label(v)}" for v in self.values]
+
+
+TINY_STUDIES = [  # config/studies/position_error_corrected.yaml, probe_error_refined.yaml
+    TinyStudy("tpos", "data.scan.position_error_px", (0.0, 1.0),
+              {"iterative": {"position_correction": True}}, "positions"),
+    TinyStudy("tprobe", "data.probe.given_defocus_m", (0.0, 1.0e-3),
+              {"iterative": {"probe_refinement": True}, "model": {"probe_trainable": True}},
+              "probe"),
+]
 
 
 def test_value_labels_name_experiments():
@@ -104,25 +139,27 @@ def test_a_values_rules_get_the_cluster_resources_of_the_rules_they_copy(workflo
         assert "gpu" not in jobs[f"{point}_infer"]
 
 
-@pytest.fixture(scope="module")
-def studied(tmp_path_factory) -> tuple[Path, Path]:
-    """One run of the tiny study: (workdir, run directory)."""
+@pytest.fixture(scope="module", params=TINY_STUDIES, ids=[s.name for s in TINY_STUDIES])
+def studied(request, tmp_path_factory) -> tuple[Path, Path, TinyStudy]:
+    """One run of a tiny study: (workdir, run directory, the study)."""
     if iterative.ptychi_version() is None:
         pytest.skip(iterative.PTYCHI_MISSING)
+    study = request.param
     workdir = copy_workflow(tmp_path_factory.mktemp("study"))
-    (workdir / "study.yaml").write_text(yaml.safe_dump(TINY_STUDY))
-    out = run_snakemake(workdir, "study_tstudy", "--configfile", TINY, "study.yaml")
+    (workdir / "study.yaml").write_text(yaml.safe_dump(study.config()))
+    out = run_snakemake(workdir, f"study_{study.name}", "--configfile", TINY, "study.yaml")
     assert out.returncode == 0, out.stdout[-5000:]
     (run_dir,) = [p for p in (workdir / "reports").iterdir() if RUN_ID_PATTERN.match(p.name)]
-    return workdir, run_dir
+    return workdir, run_dir, study
 
 
 @pytest.mark.slow
 def test_study_run_gathers_four_methods_at_each_value(studied):
-    workdir, _ = studied
-    q = json.loads((workdir / "results/tstudy/study/quality.json").read_text())
-    assert q["key"] == "data.nphotons" and [p["value"] for p in q["points"]] == [1.0e4, 1.0e6]
-    assert [p["experiment"] for p in q["points"]] == POINTS
+    workdir, _, study = studied
+    results = workdir / "results" / study.name / "study"
+    q = json.loads((results / "quality.json").read_text())
+    assert q["key"] == study.key and [p["value"] for p in q["points"]] == list(study.values)
+    assert [p["experiment"] for p in q["points"]] == study.points
     for point in q["points"]:
         assert list(point["methods"]) == METHODS
         for name, m in point["methods"].items():
@@ -134,21 +171,35 @@ def test_study_run_gathers_four_methods_at_each_value(studied):
         c = json.loads((workdir / point["comparison"]).read_text())
         assert {m["name"]: m["phase"]["psnr"] for m in c["methods"]} == {
             n: m["phase"]["psnr"] for n, m in point["methods"].items()}
-    # the tenfold-per-decade dose changes the data: the PINN's scores differ between values
+    # the error changes what the methods are given: the PINN's scores differ between values
     pinn = [p["methods"]["pinn"]["amplitude"]["psnr"] for p in q["points"]]
     assert pinn[0] != pinn[1]
-    rows = list(csv.DictReader((workdir / "results/tstudy/study/quality.csv").open()))
-    assert [(r["data.nphotons"], r["method"]) for r in rows] == [
-        (str(v), n) for v in (1.0e4, 1.0e6) for n in METHODS]
+    rows = list(csv.DictReader((results / "quality.csv").open()))
+    assert [(r[study.key], r["method"]) for r in rows] == [
+        (str(v), n) for v in study.values for n in METHODS]
     assert float(rows[0]["amplitude_psnr"]) == q["points"][0]["methods"]["pinn"]["amplitude"]["psnr"]
-    assert "## phase SSIM" in (workdir / "results/tstudy/study/quality.md").read_text()
-    assert (workdir / "results/tstudy/study/quality.png").stat().st_size > 20000
+    assert "## phase SSIM" in (results / "quality.md").read_text()
+    assert (results / "quality.png").stat().st_size > 20000
+
+
+@pytest.mark.slow
+def test_study_values_report_the_error_given_and_what_refinement_made_of_it(studied):
+    """Each value's iterative method records the given error (none at the error-free value)
+    and its refined positions or probe, scored against the truth the file keeps."""
+    workdir, _, study = studied
+    records = [json.loads((workdir / f"results/{p}/iterative/metrics.json").read_text())[
+        study.record] for p in study.points]
+    assert all(r["refined"] is True for r in records)
+    given = "given_rms_error_px" if study.record == "positions" else "given_error"
+    final = "rms_error_px" if study.record == "positions" else "error"
+    assert records[0].get(given, 0.0) == pytest.approx(0.0, abs=1e-6)  # no truth kept at 0
+    assert records[1][given] > 0.1 and records[1][final] != records[1][given]
 
 
 @pytest.mark.slow
 def test_study_run_leaves_each_value_its_own_evidence_and_audits_clean(studied):
-    workdir, run_dir = studied
-    for point in POINTS:
+    workdir, run_dir, study = studied
+    for point in study.points:
         steps = {p.name for p in (run_dir / point).iterdir()}
         assert steps == {"simulate", "validate", "train", "infer", "iterative", "hybrid",
                          "compare"}
@@ -156,15 +207,25 @@ def test_study_run_leaves_each_value_its_own_evidence_and_audits_clean(studied):
         assert problem is None and manifest["numbers"]["available"] is True
         assert manifest["experiment"] == point
         assert {p.name for p in (run_dir / f"{point}_baseline").iterdir()} == {"train", "infer"}
-    manifest, problem = load_manifest(run_dir / "tstudy" / "study" / "manifest.json")
+    manifest, problem = load_manifest(run_dir / study.name / "study" / "manifest.json")
     assert problem is None and manifest["status"] == "ok"
-    assert set(manifest["inputs"]) == {f"results/{p}/compare/comparison.json" for p in POINTS}
-    out = run_step("audit", "reports", cwd=workdir)
-    assert out.returncode == 0, out.stdout
+    assert set(manifest["inputs"]) == {f"results/{p}/compare/comparison.json" for p in study.points}
+    # the study step seals every value's Snakemake logs and benchmarks (no report runs there)
+    assert {f"results/{p}/{kind}/{rule}.{ext}" for p in study.points
+            for kind, ext in (("logs", "log"), ("benchmarks", "tsv"))
+            for rule in ("simulate", "train", "infer", "iterative", "hybrid", "compare")
+            } <= set(manifest["sealed"])
+    out = run_step("audit", "reports", "--json", cwd=workdir)
+    assert out.returncode == 0, out.stdout[-3000:]
+    doc = json.loads(out.stdout)
+    uncovered = {r["item"] for r in doc["rows"] if "not covered" in r["message"]}
+    assert uncovered == {f"results/{study.name}/{kind}/study.{ext}"
+                         for kind, ext in (("logs", "log"), ("benchmarks", "tsv"))}
 
 
 @pytest.mark.slow
 def test_a_second_study_run_does_nothing(studied):
-    workdir, _ = studied
-    out = run_snakemake(workdir, "study_tstudy", "--dry-run", "--configfile", TINY, "study.yaml")
+    workdir, _, study = studied
+    out = run_snakemake(workdir, f"study_{study.name}", "--dry-run", "--configfile", TINY,
+                        "study.yaml")
     assert out.returncode == 0 and jobs_run(out.stdout) == set(), out.stdout

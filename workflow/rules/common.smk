@@ -15,6 +15,7 @@ unformatted `shell:` text changed. So:
 
 import ast
 import dataclasses
+import importlib.metadata
 import json
 import os
 import shlex
@@ -28,6 +29,7 @@ from snakemake.utils import validate
 from ptycho_torch.config import SCIENCE_SECTIONS, ExperimentConfig
 from ptycho_torch.config_factory import ConfigError, resolve_config
 from ptycho_torch.reports import is_run_id, new_run_id
+from ptycho_torch.studies import point_configs
 
 
 def workflow_keys(schema_file: Path) -> frozenset[str]:
@@ -47,7 +49,8 @@ def check_config(cfg: dict) -> None:
     except ConfigError as exc:
         lines = "\n".join(f"  error: {p}" for p in exc.problems)
         raise WorkflowError(
-            f"invalid configuration, {len(exc.problems)} problem(s):\n{lines}") from None
+            f"invalid configuration, {len(exc.problems)} problem(s):\n{lines}"
+        ) from None
 
 
 def run_id(cfg: dict) -> str:
@@ -98,12 +101,27 @@ def result(step: str, name: str = "") -> str:
     return str(Path("results", EXP, step, name))
 
 
-def log_path(step: str) -> str:
-    return f"results/{EXP}/logs/{step}.log"
+def log_path(step: str, exp: str = "") -> str:
+    """The log Snakemake keeps of a step (its output): results/<experiment>/logs/<step>.log."""
+    return f"results/{exp or EXP}/logs/{step}.log"
 
 
-def benchmark_path(step: str) -> str:
-    return f"results/{EXP}/benchmarks/{step}.tsv"
+def benchmark_path(step: str, exp: str = "") -> str:
+    """Snakemake's time and memory of a rule: results/<experiment>/benchmarks/<step>.tsv."""
+    return f"results/{exp or EXP}/benchmarks/{step}.tsv"
+
+
+def output_dir(name: str):
+    """A params function: the directory of the rule's output ``name`` (the step's --out-dir),
+    derived from the output rather than written out again."""
+    return lambda wildcards, output: str(Path(output[name]).parent)
+
+
+def sealed_files(steps: tuple[str, ...], exp: str = "") -> str:
+    """Shell-quoted log and benchmark files of ``steps`` (rules of experiment ``exp``) for
+    the --seal option of the report and study steps: a step that runs after them records
+    their sha256 and size in its manifest, so the audit covers them (ptycho_torch/audit.py)."""
+    return " ".join(shlex.quote(f(step, exp)) for step in steps for f in (log_path, benchmark_path))
 
 
 def config_json(*sections: str) -> str:
@@ -113,15 +131,19 @@ def config_json(*sections: str) -> str:
 
 def set_args(section: str) -> str:
     """A config section as shell-quoted `--set section.key=value` options."""
-    return " ".join(f"--set {shlex.quote(f'{section}.{k}={json.dumps(v)}')}"
-                    for k, v in sorted(config[section].items()))
+    return " ".join(
+        f"--set {shlex.quote(f'{section}.{k}={json.dumps(v)}')}"
+        for k, v in sorted(config[section].items())
+    )
 
 
 def comparison_for_report(wanted: bool) -> dict[str, list[str]]:
     """The comparison products a report embeds (made by compare.smk): ``{"json": [...],
     "figures": [...]}``, both empty unless ``wanted`` (the report rule: compare_baseline)."""
-    return {"json": [result("compare", "comparison.json")] if wanted else [],
-            "figures": [result("compare", "comparison.png")] if wanted else []}
+    return {
+        "json": [result("compare", "comparison.json")] if wanted else [],
+        "figures": [result("compare", "comparison.png")] if wanted else [],
+    }
 
 
 def comparison_arg(wildcards, input) -> str:
@@ -133,19 +155,33 @@ def comparison_arg(wildcards, input) -> str:
 def where_results_are() -> str:
     """What `onsuccess` prints."""
     ran = Path("reports", RUN_ID).is_dir()
-    return "\n".join([
-        f"ptycho_torch: experiment {EXP!r}",
-        f"  reconstruction: {result('infer', 'reconstruction.h5')}",
-        f"  figures:        {result('infer', 'reconstruction.png')}, {result('train', 'loss.png')}",
-        f"  metrics:        {result('infer', 'metrics.json')}",
-        *([f"  comparison:     {result('compare', 'comparison.md')} (PINN, supervised baseline, iterative)"]
-          if Path(result("compare", "comparison.md")).is_file() else []),
-        *([f"  infer_file:     {INFER_FILE_DIR}/ ({INFER_FILE_DATA}, infer.smk)"]
-          if INFER_FILE_DATA and Path(INFER_FILE_DIR).is_dir() else []),
-        f"  report:         {result('report', 'index.md')}",
-        f"  evidence:       reports/{RUN_ID}/ (this run)" if ran else
-        "  evidence:       nothing ran in this invocation; see reports/latest/",
-        "  latest run:     reports/latest/index.md"])
+    return "\n".join(
+        [
+            f"ptycho_torch: experiment {EXP!r}",
+            f"  reconstruction: {result('infer', 'reconstruction.h5')}",
+            f"  figures:        {result('infer', 'reconstruction.png')}, {result('train', 'loss.png')}",
+            f"  metrics:        {result('infer', 'metrics.json')}",
+            *(
+                [
+                    f"  comparison:     {result('compare', 'comparison.md')} (PINN, supervised baseline, iterative)"
+                ]
+                if Path(result("compare", "comparison.md")).is_file()
+                else []
+            ),
+            *(
+                [f"  infer_file:     {INFER_FILE_DIR}/ ({INFER_FILE_DATA}, infer.smk)"]
+                if INFER_FILE_DATA and Path(INFER_FILE_DIR).is_dir()
+                else []
+            ),
+            f"  report:         {result('report', 'index.md')}",
+            (
+                f"  evidence:       reports/{RUN_ID}/ (this run)"
+                if ran
+                else "  evidence:       nothing ran in this invocation; see reports/latest/"
+            ),
+            "  latest run:     reports/latest/index.md",
+        ]
+    )
 
 
 WORKFLOW_KEYS = workflow_keys(Path(workflow.basedir, "workflow/schemas/config.schema.yaml"))
@@ -173,10 +209,144 @@ THREADS = max(1, config["execution"]["threads"])
 def train_shell(extra: str, report_dir: str) -> str:
     """Shell command of a training rule: one process, or data-parallel under torchrun when the
     rule's `processes` resource is above 1. Placeholders stay for Snakemake to fill."""
-    return ("if [ {resources.processes} -gt 1 ]; then"
-            " set -- -m torch.distributed.run --standalone --nproc_per_node {resources.processes};"
-            " else set --; fi;"
-            " {PYTHON:q} \"$@\" -m ptycho_torch.train --payload {input.payload} --data {input.data}"
-            f" --out-dir {{params.out_dir}} {extra} {{EXECUTION}} --threads {{threads}}"
-            f" --report-dir {report_dir}/train > {{log}} 2>&1")
+    return (
+        "if [ {resources.processes} -gt 1 ]; then"
+        " set -- -m torch.distributed.run --standalone --nproc_per_node {resources.processes};"
+        " else set --; fi;"
+        ' {PYTHON:q} "$@" -m ptycho_torch.train --payload {input.payload} --data {input.data}'
+        f" --out-dir {{params.out_dir}} {extra} {{EXECUTION}} --threads {{threads}}"
+        f" --report-dir {report_dir}/train > {{log}} 2>&1"
+    )
+
+
 SCIENCE = config_json(*SCIENCE_SECTIONS)
+
+
+# Rules whose log and benchmark files the report seals: the steps before it (compare.smk's
+# too when the report embeds the comparison) and a study's points (studies.smk).
+PIPELINE_STEPS = ("simulate", "validate", "train", "infer")
+COMPARISON_STEPS = ("baseline_train", "baseline_infer", "iterative", "hybrid", "compare")
+
+
+# ---------------------------------------------------------------- the data step (simulate.smk)
+
+SIMULATION_ONLY = ("nphotons", "object", "probe", "scan", "detector")  # data keys it ignores
+
+
+def measured_files() -> list[str]:
+    """The measured data files of `data.source: file` (none when simulating)."""
+    d = config["data"]
+    return [f for f in (d["train_file"], d["test_file"]) if f] if d["source"] == "file" else []
+
+
+def data_step_config() -> str:
+    """The settings the data step reads, as one JSON object for --config-json."""
+    if config["data"]["source"] != "file":
+        return config_json("experiment", "seed", "data")
+    data = {k: v for k, v in config["data"].items() if k not in SIMULATION_ONLY}
+    return json.dumps(
+        {"experiment": EXP, "seed": config["seed"], "data": data},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+
+
+# ---------------------------------------------------------------- inference (infer.smk)
+
+INFER_FIGURES = {  # output name -> (file, caption)
+    "figure": ("reconstruction.png", "../report/reconstruction.rst"),
+    "frc": ("frc.png", "../report/frc.rst"),
+    "scan": ("scan_positions.png", "../report/scan_positions.rst"),
+    "quality": ("quality.png", "../report/quality.rst"),  # no ground truth needed (quality.py)
+}
+
+
+# snakemake infer_file --config infer_file_data=PATH [infer_file_model=PATH]
+INFER_FILE_DATA = config["infer_file_data"]  # "" = the target is not configured
+INFER_FILE_MODEL = config["infer_file_model"]  # "" = this experiment's trained model
+INFER_FILE_DIR = result("infer_file", Path(INFER_FILE_DATA).stem or "unset")
+
+
+def infer_file_inputs(wildcards) -> dict[str, str]:
+    """Model and data of the infer_file target (plus the training history with this
+    experiment's model), checked when the target is asked for, before anything runs: a
+    missing setting or file stops Snakemake with a message naming the config key and path."""
+    if not INFER_FILE_DATA:
+        raise WorkflowError(
+            "infer_file_data: not set; name the data file to reconstruct (CXI "
+            "or PtychoPINN .npz): snakemake infer_file --config "
+            "infer_file_data=PATH [infer_file_model=PATH]"
+        )
+    problems = [
+        f"{key}: {path} not found (relative paths start at {Path.cwd()})"
+        for key, path in (
+            ("infer_file_data", INFER_FILE_DATA),
+            ("infer_file_model", INFER_FILE_MODEL),
+        )
+        if path and not Path(path).is_file()
+    ]
+    if problems:
+        raise WorkflowError("\n".join(problems))
+    if INFER_FILE_MODEL:
+        return {"model": INFER_FILE_MODEL, "data": INFER_FILE_DATA}
+    return {
+        "model": rules.train.output.model,
+        "history": rules.train.output.history,
+        "data": INFER_FILE_DATA,
+    }
+
+
+def history_arg(wildcards, input) -> str:
+    return f"--history {shlex.quote(input.history)}" if hasattr(input, "history") else ""
+
+
+# ---------------------------------------------------------------- pty-chi (iterative.smk)
+
+
+def installed_version(package: str) -> str:
+    """The installed version of ``package``, or "absent" (package metadata; imports nothing)."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+# ---------------------------------------------------------------- comparison (compare.smk)
+
+BASELINE_EXP = f"{EXP}_baseline"  # the baseline's experiment name (its evidence directory)
+BASELINE_REPORTS = f"reports/$PTYCHO_RUN_ID/{BASELINE_EXP}"  # + /<step>, expanded by the shell
+
+
+def baseline(step: str, name: str = "") -> str:
+    """Baseline product path results/<experiment>/baseline/<step>/<name>."""
+    return result(f"baseline/{step}", name)
+
+
+# ---------------------------------------------------------------- studies (studies.smk)
+
+
+def study_points(cfg: dict) -> dict[str, tuple[object, dict]]:
+    """``{experiment of a value: (value, its config)}`` (ptycho_torch.studies.point_configs);
+    every invalid value named at once."""
+    try:
+        return point_configs(cfg, WORKFLOW_KEYS)
+    except ConfigError as exc:
+        lines = "\n".join(f"  error: {p}" for p in exc.problems)
+        raise WorkflowError(f"invalid study, {len(exc.problems)} problem(s):\n{lines}") from None
+
+
+def inherit_rule_settings(prefix: str) -> None:
+    """Give each rule ``<prefix><rule>`` of a value the --set-resources / --set-threads (and a
+    profile's set-resources, e.g. the GPU of `train` in profiles/slurm) that name ``<rule>``,
+    unless it is named itself: Snakemake matches those by rule name, and a value's rules
+    carry its prefix. (Snakemake internals: resource_settings' parsed overwrites.)"""
+    settings = workflow.resource_settings
+    resources, threads = settings._parsed_overwrite_resources, settings._parsed_overwrite_threads
+    for each in workflow.rules:
+        name, base = each.name, each.name[len(prefix) :]
+        if not name.startswith(prefix):
+            continue
+        if name not in resources and base in resources:
+            each.resources.update(resources[base])
+        if name not in threads and base in threads:
+            each.resources["_cores"] = threads[base]

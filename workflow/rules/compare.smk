@@ -28,16 +28,9 @@ Another method adds its rule and one entry to METHODS: name -> (metrics.json, mo
 None when nothing is trained), as the iterative reference does.
 """
 
-BASELINE_EXP = f"{EXP}_baseline"  # the baseline's experiment name (its evidence directory)
-BASELINE_REPORTS = f"reports/$PTYCHO_RUN_ID/{BASELINE_EXP}"  # + /<step>, expanded by the shell
 # The baseline's steps declare the threads torch uses (THREADS, common.smk), as the train,
 # infer and iterative rules do, so the scheduler does not squeeze another job onto their
 # cores: the comparison's times would measure that contention.
-
-
-def baseline(step: str, name: str = "") -> str:
-    """Baseline product path results/<experiment>/baseline/<step>/<name>."""
-    return result(f"baseline/{step}", name)
 
 
 rule baseline_train:
@@ -50,17 +43,16 @@ rule baseline_train:
         model=baseline("train", "model.pt"),
         history=baseline("train", "history.csv"),
         loss=baseline("train", "loss.png"),
-    params:
-        mode="--set training.mode=supervised --set " + shlex.quote(
-            f"experiment={json.dumps(BASELINE_EXP)}"),
-        out_dir=baseline("train"),
-    threads: THREADS
     log:
         log_path("baseline_train"),
     benchmark:
         benchmark_path("baseline_train")
+    threads: THREADS
     resources:
         processes=1,  # as the train rule: > 1 launches data-parallel training under torchrun
+    params:
+        mode=f"--set training.mode=supervised --set {shlex.quote(f'experiment={json.dumps(BASELINE_EXP)}')}",
+        out_dir=output_dir("model"),
     shell:
         train_shell("{params.mode}", "{BASELINE_REPORTS}")
 
@@ -76,14 +68,14 @@ rule baseline_infer:
         reconstruction=baseline("infer", "reconstruction.h5"),
         metrics=baseline("infer", "metrics.json"),
         figure=baseline("infer", "reconstruction.png"),
-    params:
-        inference=set_args("inference"),
-        out_dir=baseline("infer"),
-    threads: THREADS
     log:
         log_path("baseline_infer"),
     benchmark:
         benchmark_path("baseline_infer")
+    threads: THREADS
+    params:
+        inference=set_args("inference"),
+        out_dir=output_dir("metrics"),
     shell:
         "{PYTHON:q} -m ptycho_torch.infer --model {input.model} --data {input.data}"
         " --history {input.history} --out-dir {params.out_dir} {params.inference} {EXECUTION}"
@@ -108,17 +100,22 @@ rule comparison:
     output:
         json=result("compare", "comparison.json"),
         table=result("compare", "comparison.md"),
-        figure=report(result("compare", "comparison.png"), caption="../report/comparison.rst",
-                      category="Comparison"),
-    params:
-        config=SCIENCE,
-        methods=" ".join(f"--method {name} {metrics} {model or ''}".strip()
-                         for name, (metrics, model) in METHODS.items()),
-        out_dir=result("compare"),
+        figure=report(
+            result("compare", "comparison.png"),
+            caption="../report/comparison.rst",
+            category="Comparison",
+        ),
     log:
         log_path("compare"),
     benchmark:
         benchmark_path("compare")
+    params:
+        config=SCIENCE,
+        methods=" ".join(
+            f"--method {name} {metrics} {model or ''}".strip()
+            for name, (metrics, model) in METHODS.items()
+        ),
+        out_dir=output_dir("json"),
     shell:
         "{PYTHON:q} -m ptycho_torch.compare --config-json {params.config:q} {params.methods}"
         " --out-dir {params.out_dir} --report-dir {REPORTS}/compare > {log} 2>&1"
@@ -130,23 +127,28 @@ else:
 
     use rule report as report_with_comparison with:
         input:
-            **{**rules.report.input,
-               "figures": [*rules.report.input.figures, rules.comparison.output.figure],
-               "comparison": [rules.comparison.output.json]},
+            **{
+                **rules.report.input,
+                "figures": [*rules.report.input.figures, rules.comparison.output.figure],
+                "comparison": [rules.comparison.output.json],
+            },
         output:
-            index=report(result("compare", "index.md"), caption="../report/index.rst",
-                         category="Run"),
+            index=report(
+                result("compare", "index.md"), caption="../report/index.rst", category="Run"
+            ),
         log:
             log_path("report_with_comparison"),
         benchmark:
             benchmark_path("report_with_comparison")
+        params:
+            seal=sealed_files(PIPELINE_STEPS + COMPARISON_STEPS),
 
     COMPARED_INDEX = rules.report_with_comparison.output.index
 
 
 rule compare:
     """Named target: the method comparison and this run's index holding its table."""
-    localrule: True
     input:
         rules.comparison.output,
         COMPARED_INDEX,
+    localrule: True

@@ -13,16 +13,6 @@ comparison runs. The installed pty-chi version is a parameter of the rule: insta
 upgrading it reruns the reconstruction.
 """
 
-import importlib.metadata
-
-
-def installed_version(package: str) -> str:
-    """The installed version of ``package``, or "absent" (package metadata; imports nothing)."""
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "absent"
-
 
 rule iterative:
     """Reconstruct the test object with pty-chi (iterative.engine, iterative.epochs)."""
@@ -34,17 +24,20 @@ rule iterative:
         # step's other products here (reconstruction.h5, .npz, frc.png, scan_positions.png),
         # recorded in its manifest.
         metrics=result("iterative", "metrics.json"),
-        figure=report(result("iterative", "reconstruction.png"),
-                      caption="../report/iterative.rst", category="Comparison"),
-    params:
-        config=config_json("experiment", "seed", "data", "iterative"),
-        ptychi=installed_version("ptychi"),  # a rerun trigger: installing it reruns the step
-        out_dir=result("iterative"),
-    threads: THREADS  # a timed step: its cores are not shared with another job
+        figure=report(
+            result("iterative", "reconstruction.png"),
+            caption="../report/iterative.rst",
+            category="Comparison",
+        ),
     log:
         log_path("iterative"),
     benchmark:
         benchmark_path("iterative")
+    threads: THREADS  # a timed step: its cores are not shared with another job
+    params:
+        config=config_json("experiment", "seed", "data", "iterative"),
+        ptychi=installed_version("ptychi"),  # a rerun trigger: installing it reruns the step
+        out_dir=output_dir("metrics"),
     shell:
         "{PYTHON:q} -m ptycho_torch.iterative --config-json {params.config:q} --data {input.data}"
         " --out-dir {params.out_dir} {EXECUTION} --threads {threads}"
@@ -60,17 +53,20 @@ rule hybrid:
         code=step_sources("iterative"),
     output:
         metrics=result("hybrid", "metrics.json"),
-        figure=report(result("hybrid", "reconstruction.png"),
-                      caption="../report/hybrid.rst", category="Comparison"),
-    params:
-        config=config_json("experiment", "seed", "data", "iterative"),
-        ptychi=installed_version("ptychi"),
-        out_dir=result("hybrid"),
-    threads: THREADS
+        figure=report(
+            result("hybrid", "reconstruction.png"),
+            caption="../report/hybrid.rst",
+            category="Comparison",
+        ),
     log:
         log_path("hybrid"),
     benchmark:
         benchmark_path("hybrid")
+    threads: THREADS
+    params:
+        config=config_json("experiment", "seed", "data", "iterative"),
+        ptychi=installed_version("ptychi"),
+        out_dir=output_dir("metrics"),
     shell:
         "{PYTHON:q} -m ptycho_torch.iterative --config-json {params.config:q} --data {input.data}"
         " --init-object {input.start} --step hybrid --out-dir {params.out_dir} {EXECUTION}"

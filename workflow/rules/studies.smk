@@ -30,36 +30,6 @@ printed command with the main workflow's globals, the executed one in the module
 namespace. tests/test_studies.py checks where the evidence really goes.
 """
 
-from ptycho_torch.studies import point_configs
-
-
-def study_points(cfg: dict) -> dict[str, tuple[object, dict]]:
-    """``{experiment of a value: (value, its config)}`` (ptycho_torch.studies.point_configs);
-    every invalid value named at once."""
-    try:
-        return point_configs(cfg, WORKFLOW_KEYS)
-    except ConfigError as exc:
-        lines = "\n".join(f"  error: {p}" for p in exc.problems)
-        raise WorkflowError(f"invalid study, {len(exc.problems)} problem(s):\n{lines}") from None
-
-
-def inherit_rule_settings(prefix: str) -> None:
-    """Give each rule ``<prefix><rule>`` of a value the --set-resources / --set-threads (and a
-    profile's set-resources, e.g. the GPU of `train` in profiles/slurm) that name ``<rule>``,
-    unless it is named itself: Snakemake matches those by rule name, and a value's rules
-    carry its prefix. (Snakemake internals: resource_settings' parsed overwrites.)"""
-    settings = workflow.resource_settings
-    resources, threads = settings._parsed_overwrite_resources, settings._parsed_overwrite_threads
-    for point_rule in workflow.rules:
-        name, base = point_rule.name, point_rule.name[len(prefix):]
-        if not name.startswith(prefix):
-            continue
-        if name not in resources and base in resources:
-            point_rule.resources.update(resources[base])
-        if name not in threads and base in threads:
-            point_rule.resources["_cores"] = threads[base]
-
-
 STUDY = config.get("study")
 
 if STUDY:
@@ -70,8 +40,10 @@ if STUDY:
 
         module:
             name: STUDY_MODULE
-            snakefile: str(Path(workflow.basedir) / "Snakefile")
-            config: STUDY_CONFIG
+            snakefile:
+                str(Path(workflow.basedir) / "Snakefile")
+            config:
+                STUDY_CONFIG
 
         # every rule of the point's workflow, named <point>_<rule>; its own default target out
         use rule * from STUDY_MODULE exclude all as STUDY_MODULE*
@@ -88,28 +60,35 @@ if STUDY:
             json=result("study", "quality.json"),
             csv=result("study", "quality.csv"),
             table=result("study", "quality.md"),
-            figure=report(result("study", "quality.png"), caption="../report/study.rst",
-                          category="Study"),
-        params:
-            config=SCIENCE,
-            points=" ".join(f"--point {shlex.quote(json.dumps(value))} "
-                            f"results/{name}/compare/comparison.json"
-                            for name, (value, _) in STUDY_POINTS.items()),
-            key=STUDY["key"],
-            out_dir=result("study"),
+            figure=report(
+                result("study", "quality.png"), caption="../report/study.rst", category="Study"
+            ),
         log:
             log_path("study"),
         benchmark:
             benchmark_path("study")
+        params:
+            config=SCIENCE,
+            points=" ".join(
+                f"--point {shlex.quote(json.dumps(value))} "
+                f"results/{name}/compare/comparison.json"
+                for name, (value, _) in STUDY_POINTS.items()
+            ),
+            key=STUDY["key"],
+            # every value's steps before it (their log and benchmark: sealed in its manifest)
+            seal=" ".join(
+                sealed_files(PIPELINE_STEPS + COMPARISON_STEPS, name) for name in STUDY_POINTS
+            ),
+            out_dir=output_dir("json"),
         shell:
             "{PYTHON:q} -m ptycho_torch.studies --config-json {params.config:q}"
-            " --key {params.key} {params.points} --out-dir {params.out_dir}"
+            " --key {params.key} {params.points} --seal {params.seal} --out-dir {params.out_dir}"
             " --report-dir {REPORTS}/study > {log} 2>&1"
 
     rule:
         """Named target study_<experiment> (e.g. study_dose): the study's table and plot."""
         name:
             f"study_{EXP}"
-        localrule: True
         input:
             rules.study.output,
+        localrule: True

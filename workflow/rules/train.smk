@@ -8,8 +8,6 @@ rule train:
         model=result("train", "model.pt"),
         history=result("train", "history.csv"),
         loss=report(result("train", "loss.png"), caption="../report/loss.rst", category="Training"),
-    params:
-        out_dir=result("train"),
     log:
         log_path("train"),
     benchmark:
@@ -20,5 +18,7 @@ rule train:
         # them with torchrun. Set it where the GPUs are asked for (profiles/slurm/config.yaml)
         # or with --set-resources train:processes=N. Not a rerun trigger (execution only).
         processes=1,
+    params:
+        out_dir=output_dir("model"),
     shell:
         train_shell("", "{REPORTS}")

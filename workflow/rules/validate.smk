@@ -8,12 +8,12 @@ rule validate:
         code=step_sources("validate"),
     output:
         payload=result("validate", "payload.json"),
-    params:
-        config=config_json("experiment", "seed", "data", "model", "training"),
     log:
         log_path("validate"),
     benchmark:
         benchmark_path("validate")
+    params:
+        config=config_json("experiment", "seed", "data", "model", "training"),
     shell:
         "{PYTHON:q} -m ptycho_torch.validate --config-json {params.config:q}"
         " --train-data {input.train} --test-data {input.test} --out {output.payload}"
