@@ -334,7 +334,9 @@ def dry_run_resources(output: str) -> dict[str, dict[str, str]]:
     return found
 
 
-def test_dry_run_without_slurm_shows_what_each_job_requests(tmp_path):
+def dry_run_without_slurm(tmp_path: Path, *targets: str) -> tuple[Path, str]:
+    """(workflow copy, output) of ``snakemake --profile profiles/slurm --dry-run TARGETS`` on
+    a PATH with no SLURM commands: what each job would ask for, without a cluster."""
     (tmp_path / "wf").mkdir()
     workdir = copy_workflow(tmp_path / "wf")
     bin_dir = tmp_path / "bin"  # a PATH with a shell and `which`, but no SLURM commands
@@ -345,25 +347,43 @@ def test_dry_run_without_slurm_shows_what_each_job_requests(tmp_path):
     env["PATH"] = str(bin_dir)
     out = subprocess.run(
         [shutil.which("timeout"), "-k", "5", "120", sys.executable, "-m", "snakemake",
-         "--profile", "profiles/slurm", "--dry-run",
+         "--profile", "profiles/slurm", "--dry-run", *targets,
          "--cores", "64"],  # a dry run caps threads at --cores (1); a cluster job at its node's
         cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert out.returncode == 0, out.stdout
-    assert jobs_run(out.stdout) == {*STEPS, "all"}
-    resources = dry_run_resources(out.stdout)
-    train = profile()["set-resources"]["train"]
-    expected = {k: str(eval(str(v), {"attempt": 1})) for k, v in train.items()}  # "120 * attempt"
-    assert {k: resources["train"][k] for k in expected} == expected
-    threads = profile()["set-threads"]["train"]
-    block = re.search(r"^rule train:\n(.*?)^\S", out.stdout, re.MULTILINE | re.DOTALL).group(1)
-    assert re.search(rf"^\s+threads: {threads}$", block, re.MULTILINE), block
-    assert f"--threads {threads} " in out.stdout  # what the step's torch gets
-    defaults = profile()["default-resources"]
-    for step in SLURM_STEPS - {"train"}:
-        assert resources[step]["mem_mb"] == str(defaults["mem_mb"])
-        assert resources[step]["runtime"] == str(defaults["runtime"])
-        assert "gpu" not in resources[step]
     assert not (workdir / "results").exists() and not (workdir / "reports").exists()
+    return workdir, out.stdout
+
+
+def asked(rule: str) -> dict[str, str]:
+    """The resources the profile gives ``rule``, as a dry run prints them (attempt 1)."""
+    p = profile()
+    given = {**{k: v for k, v in p["default-resources"].items() if not k.startswith("slurm_")},
+             **p["set-resources"].get(rule, {})}
+    return {k: str(eval(str(v), {"attempt": 1})) for k, v in given.items()}  # "120 * attempt"
+
+
+def test_dry_run_without_slurm_shows_what_each_job_requests(tmp_path):
+    _, out = dry_run_without_slurm(tmp_path)
+    assert jobs_run(out) == {*STEPS, "all"}
+    resources = dry_run_resources(out)
+    for step in SLURM_STEPS:
+        assert {k: resources[step][k] for k in asked(step)} == asked(step), step
+        assert ("gpu" in resources[step]) == (step == "train"), step
+    threads = profile()["set-threads"]["train"]
+    block = re.search(r"^rule train:\n(.*?)^\S", out, re.MULTILINE | re.DOTALL).group(1)
+    assert re.search(rf"^\s+threads: {threads}$", block, re.MULTILINE), block
+    assert f"--threads {threads} " in out  # what the step's torch gets
+
+
+def test_the_solver_steps_ask_for_their_own_memory_and_time(tmp_path):
+    _, out = dry_run_without_slurm(tmp_path, "compare")
+    resources = dry_run_resources(out)
+    defaults = asked("infer")
+    for rule in ("iterative", "hybrid"):
+        assert {k: resources[rule][k] for k in asked(rule)} == asked(rule), rule
+        assert asked(rule)["mem_mb"] != defaults["mem_mb"], rule
+        assert asked(rule)["runtime"] != defaults["runtime"], rule
 
 
 class _Resources(dict):
