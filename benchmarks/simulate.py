@@ -91,14 +91,14 @@ def throughput(cfg: DataConfig, repeats: int, threads: int) -> dict:
     obj, probe, positions = default_scan(cfg, cfg.object.train_size_px)
     n, N = len(positions), cfg.N
     batch = torch.randn(n, N, N, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
-    expected = simulate.expected_intensity(obj, probe, positions, workers=threads)
+    expected = simulate.expected_intensity(obj, probe, positions)
     scale = cfg.nphotons / expected.sum(axis=(1, 2), dtype=np.float64).mean()
     means = expected.astype(np.float64) * scale  # counts, as poisson_counts draws them
     seeds = np.random.default_rng(1).integers(0, 2 ** 63, size=-(-n // simulate.NOISE_BLOCK))
     runs = {
         "fft": lambda: torch.fft.fft2(batch),
         "poisson": lambda: bare_poisson(means, seeds, threads),
-        "forward": lambda: simulate.expected_intensity(obj, probe, positions, workers=threads),
+        "forward": lambda: simulate.expected_intensity(obj, probe, positions),
         "noise": lambda: simulate.poisson_counts(expected.copy(), scale,
                                                  np.random.default_rng(1), threads),
         "simulate": lambda: simulate.simulate_scan(obj, probe, positions, cfg.nphotons,
