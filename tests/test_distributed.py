@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from ptycho_torch.config_factory import ConfigError, resolve_config
+from ptycho_torch.model import PtychoPINN
 from ptycho_torch.simulate import simulate_dataset
 from ptycho_torch.train import Launch, launch_from_env
 from test_model import TINY, _train_cmd, _write_payload  # tests/ is on sys.path under pytest
@@ -68,8 +69,14 @@ def test_two_gloo_processes_follow_the_one_process_run(data, tmp_path, monkeypat
     w1 = torch.load(tmp_path / "one/model.pt", weights_only=True)
     w2 = torch.load(tmp_path / "two/model.pt", weights_only=True)
     assert w2["meta"]["epochs_run"] == EPOCHS and w2["config"] == w1["config"]
-    for name, p in w1["state_dict"].items():  # Adam turns rounding noise into ~lr/20 steps
-        torch.testing.assert_close(w2["state_dict"][name], p, rtol=1e-3, atol=2e-4, msg=name)
+    cfg = resolve_config(TINY)
+    torch.manual_seed(cfg.seed)  # the weights both runs started from, as train makes them
+    w0 = PtychoPINN(cfg.model, data.N, torch.from_numpy(data.probe)).state_dict()
+    for name, p in w1["state_dict"].items():
+        # Adam turns rounding noise (reduction order) into whole steps of ~lr for weights
+        # whose gradient is ~0, so the runs agree relative to how far training moved them
+        moved, apart = (p - w0[name]).norm(), (w2["state_dict"][name] - p).norm()
+        assert apart <= 0.2 * moved, (name, float(apart / moved))  # measured: at most 0.09
 
     # one checkpoint, one report: rank 1 wrote nothing (no stray, temporary or resume file)
     made = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()
