@@ -50,7 +50,7 @@ from ptycho_torch.reports import StepReport
 
 SUBPIXEL_STEPS = 8      # scan positions are multiples of 1/8 px
 NOISE_BLOCK = 256       # patterns per Poisson block (fixed: part of the random stream)
-FORWARD_BATCH = 1024    # patterns per forward-model batch (memory only)
+PATCH_BUDGET = 16 << 20  # bytes of patches per forward-model batch (memory only)
 SHIFT_BUDGET = 16 << 20  # bytes of sub-pixel shifted object copies at a time (memory only)
 
 
@@ -294,10 +294,11 @@ def _ramps(n: int, shifts: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
 
 
 def iter_fourier_patches(obj: torch.Tensor, positions: np.ndarray, N: int, *,
-                         batch: int = FORWARD_BATCH,
-                         budget: int = SHIFT_BUDGET) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-    """Yield ``(indices [b], patches [b, N, N])`` of :func:`fourier_patches`, ``b <= batch``,
-    for a complex ``obj [H, W]`` tensor (the patches keep its dtype).
+                         budget: int = SHIFT_BUDGET, patch_budget: int = PATCH_BUDGET
+                         ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """Yield ``(indices [b], patches [b, N, N])`` of :func:`fourier_patches` for a complex
+    ``obj [H, W]`` tensor (the patches keep its dtype), about ``patch_budget`` bytes of
+    patches at a time, the indices ascending.
 
     The object is shifted by every pair of the positions' distinct fractional parts,
     ``(fr, fc)`` (row, col; at most 8 x 8 on the simulator's 1/8-px lattice), with
@@ -306,22 +307,26 @@ def iter_fourier_patches(obj: torch.Tensor, positions: np.ndarray, N: int, *,
     about ``budget`` bytes of ``fr`` rows at a time); transposing in between keeps
     both FFTs on contiguous memory (several times faster than strided). Each
     position's window is then gathered from its pair's copy. Integer positions are
-    plain slices of ``obj``. Memory: the spectrum and about ``budget``. The FFTs run
-    on torch's intra-op threads; results do not depend on their number.
+    plain slices of ``obj``. Memory: the spectrum, about ``budget`` and
+    ``patch_budget``. The FFTs run on torch's intra-op threads; results do not depend
+    on their number.
     """
-    corners, fractions, which = fraction_groups(positions, N)
+    top_left = np.asarray(positions, dtype=np.float64) - N / 2
+    corners = np.floor(top_left)
+    frs, row_of = np.unique(top_left[:, 0] - corners[:, 0], return_inverse=True)
+    fcs, col_of = np.unique(top_left[:, 1] - corners[:, 1], return_inverse=True)
+    row_of, col_of = row_of.reshape(-1), col_of.reshape(-1)
     H, W = obj.shape
     if len(corners) and (corners.min() < 0 or corners[:, 0].max() + N > H
                          or corners[:, 1].max() + N > W):
         raise ValueError(f"a patch leaves the object frame {H}x{W}: probe centres need "
                          f"N/2 <= p <= size - N/2")
-    frs, row_of = np.unique(fractions[:, 0], return_inverse=True)
-    fcs, col_of = np.unique(fractions[:, 1], return_inverse=True)
-    row_of, col_of = row_of.reshape(-1)[which], col_of.reshape(-1)[which]  # per position
-    order = np.argsort(which, kind="stable")  # positions, pair by pair (memory locality)
-    spectrum = torch.fft.fft2(obj).T.contiguous() if fractions.any() else None  # [W, H]
+    corners = torch.from_numpy(corners.astype(np.int64))
+    shifted = bool(frs.any() or fcs.any())
+    spectrum = torch.fft.fft2(obj).T.contiguous() if shifted else None  # [W, H]
     cols = _ramps(W, -fcs, obj.dtype)[None, :, None, :]  # [1, c, 1, W]
     chunk = max(1, budget // (len(fcs) * H * W * obj.element_size()))
+    batch = max(1, patch_budget // (N * N * obj.element_size()))
     for r0 in range(0, len(frs), chunk):
         rows = np.arange(r0, min(len(frs), r0 + chunk))
         if spectrum is None:  # every position is an integer one
@@ -333,10 +338,10 @@ def iter_fourier_patches(obj: torch.Tensor, positions: np.ndarray, N: int, *,
             if r0 == 0 and frs[0] == 0 and fcs[0] == 0:
                 grid[0, 0] = obj  # bit-exact slices
         windows = grid.unfold(2, N, 1).unfold(3, N, 1)  # [r, c, H-N+1, W-N+1, N, N], a view
-        members = order[(row_of[order] >= r0) & (row_of[order] < r0 + len(rows))]
+        members = np.flatnonzero((row_of >= r0) & (row_of < r0 + len(rows)))
         for s in range(0, len(members), batch):
             ids = members[s:s + batch]
-            at = torch.from_numpy(corners[ids])
+            at = corners[torch.from_numpy(ids)]
             yield ids, windows[torch.from_numpy(row_of[ids] - r0), torch.from_numpy(col_of[ids]),
                                at[:, 0], at[:, 1]]
 
