@@ -32,10 +32,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ptycho_torch import iterative  # noqa: E402
 from ptycho_torch.config_factory import resolve_config  # noqa: E402
+from ptycho_torch.data import true_positions  # noqa: E402
 from ptycho_torch.infer import evaluate  # noqa: E402
 from ptycho_torch.simulate import simulate_dataset  # noqa: E402
 
@@ -56,12 +59,28 @@ def solve(error: dict[str, float], refine: str | None, what: str, epochs: int
                  solved.positions if cfg.iterative.position_correction else None,
                  data.probe if cfg.iterative.probe_refinement else None)
     record = m[what]
+    if cfg.iterative.position_correction:
+        truth = true_positions(data)
+        record = {**record, "given_smoothness": smoothness(data.positions_px - truth, truth),
+                  "residual_smoothness": smoothness(solved.positions - truth, truth)}
     given = record.get("given_rms_error_px", record.get("given_error", 0.0))
     final = record.get("rms_error_px", record.get("error", 0.0))
     return {"error": error, "refined": refine, "given_error": given, "final_error": final,
             "amplitude_psnr_db": m["amplitude"]["psnr"], "phase_psnr_db": m["phase"]["psnr"],
             "phase_psnr_ramp_removed_db": m["with_phase_ramp_removed"]["phase"]["psnr"],
             "solver_seconds": solved.seconds, what: record}
+
+
+def smoothness(error: np.ndarray, where: np.ndarray, k: int = 8) -> float:
+    """How smooth a position error field ``[n, 2]`` (px, at positions ``where [n, 2]``) is:
+    RMS of its mean over each position's ``k`` nearest neighbours over its own RMS (mean
+    offset removed). About ``1/sqrt(k)`` (0.35) for independent errors, near 1 for a smooth
+    warp of the scan (which the object can absorb by warping along)."""
+    e = error - error.mean(axis=0)
+    distance = np.linalg.norm(where[:, None] - where[None], axis=-1)
+    neighbours = np.argsort(distance, axis=1)[:, 1:k + 1]
+    return float(np.sqrt(np.mean(np.sum(e[neighbours].mean(axis=1) ** 2, axis=1))
+                         / np.mean(np.sum(e ** 2, axis=1))))
 
 
 def recovered(exact: float, given: float, refined: float) -> float | None:
@@ -102,6 +121,10 @@ def main() -> None:
                                            is not None else "none given (shape exact)")
           + "; refined - exact: " + ", ".join(f"{k[:-3]} {v:+.2f} dB" for k, v in
                                               summary["refined_minus_exact_db"].items()))
+    if what == "positions":
+        r = runs[2]["positions"]
+        print(f"smoothness of the position error (neighbour-mean RMS / RMS; 0.35 if independent):"
+              f" given {r['given_smoothness']:.2f}, after correction {r['residual_smoothness']:.2f}")
     if what == "probe":
         print("probe photons / true probe's: given " + ", ".join(
             f"{r['probe'].get('given_photon_ratio', 1.0):.3f}" for r in runs[1:2])
