@@ -13,7 +13,7 @@ weights, and the calibration runs its fixed number of steps either way.
 1. Side by side, interleaved ``--repeats`` times (the order alternates; medians):
 
    * bare: the network's forward passes alone on the same batches of
-     ``execution.inference_batch_size`` groups, gathered and normalised beforehand;
+     ``infer.inference_batch`` groups, gathered and normalised beforehand;
    * real: what the infer step does to produce its reconstruction, counts to stitched
      object, with the configured calibration (``infer.reconstruct``: grouping, gathering
      and normalisation, forward, phase synchronisation, calibration on the counts,
@@ -92,7 +92,7 @@ def gather(cfg: ExperimentConfig, data: PtychoData) -> list[tuple[torch.Tensor, 
                            cfg.seed)
     offsets = torch.from_numpy(relative_offsets(data.positions_px, groups))
     counts = torch.from_numpy(data.counts)
-    scale, bs = input_scale(counts), cfg.execution.inference_batch_size
+    scale, bs = input_scale(counts), infer.inference_batch(cfg, torch.device("cpu"))
     return [((counts[groups[i:i + bs]].sqrt() / scale).contiguous(), offsets[i:i + bs])
             for i in range(0, len(groups), bs)]
 
@@ -191,7 +191,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict:
     med_parts = {k: statistics.median(v) for k, v in parts.items()}
     after = sum(med_parts[p] for p in infer.RECONSTRUCTION_PARTS[1:])
     out = {"N": data.N, "patterns": n, "object_shape": list(data.object_shape),
-           "batch_size": cfg.execution.inference_batch_size,
+           "batch_size": infer.inference_batch(cfg, torch.device("cpu")),
            "calibration_iterations": cfg.inference.calibration_iterations,
            "calibration_patterns": cfg.inference.calibration_patterns,
            "seconds": times, "median_seconds": med, "parts_median_seconds": med_parts,

@@ -256,7 +256,10 @@ class ExecutionConfig:
                           "CUDA only, with loss scaling; the physics and the loss stay float32)",
                           choices=("float32", "bfloat16", "float16"))
     workers: int = spec(0, "data-loader worker processes", lo=0, hi=64)
-    inference_batch_size: int = spec(256, "patterns per inference forward pass", lo=1, hi=65536)
+    inference_batch_size: int = spec(0, "groups per inference forward pass (0 = auto: on the "
+                                     "CPU as many as keep the first layer's activations "
+                                     "within 16 MiB, 64 at N = 64; 256 on CUDA)", lo=0,
+                                     hi=65536)
 
 
 @dataclass(frozen=True)

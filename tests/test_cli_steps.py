@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,3 +100,19 @@ def test_validate_names_every_data_mismatch_and_writes_nothing(tiny_data):
     assert len(problems) == 2  # the training and the test data
     assert not (tiny_data / "mismatch").exists()
     assert not (tiny_data / REPORT_DIR / "mismatch").exists()
+
+
+def test_execution_setup_sets_determinism_without_importing_the_compiler():
+    """Each step sets torch's deterministic flag both ways, and does not pay the 1.3 s
+    import of ``torch._inductor`` that ``torch.use_deterministic_algorithms`` would."""
+    code = ("import sys, torch\n"
+            "from ptycho_torch.config import ExecutionConfig\n"
+            "from ptycho_torch.train import setup_execution\n"
+            "setup_execution(ExecutionConfig(deterministic=True))\n"
+            "on = torch.are_deterministic_algorithms_enabled()\n"
+            "setup_execution(ExecutionConfig(deterministic=False))\n"
+            "print(on, torch.are_deterministic_algorithms_enabled(), "
+            "'torch._inductor' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "False", "False"]

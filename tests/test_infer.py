@@ -18,9 +18,9 @@ from conftest import REPO, TINY, copy_workflow, jobs_run, run_snakemake, run_ste
 from ptycho_torch.config_factory import resolve_config
 from ptycho_torch.data import PtychoData, read_cxi, read_npz, write_cxi, write_npz
 from ptycho_torch import physics
-from ptycho_torch.infer import PRODUCTS, ctf_zero_markers
+from ptycho_torch.infer import PRODUCTS, ctf_zero_markers, inference_batch, predict_patches
 from ptycho_torch.infer import main as infer_main
-from ptycho_torch.model import save_checkpoint
+from ptycho_torch.model import load_model, save_checkpoint
 from ptycho_torch.simulate import simulate_dataset
 from ptycho_torch.train import train_model, write_history
 
@@ -198,3 +198,24 @@ def test_infer_file_target_reconstructs_any_file_with_any_model(scan, tmp_path):
         assert out.returncode != 0
         assert all(m in out.stdout for m in messages), out.stdout
         assert not (workdir / "reports/2026-01-01T000009Z").exists()
+
+
+def test_auto_inference_batch_fits_the_cache_and_does_not_change_the_patches(scan):
+    """0 = auto: 16 MiB of first-layer activations on the CPU (64 groups at N = 64, 256 at
+    N = 32, fewer with wider layers), 256 on CUDA; a set value is used as given. The batch
+    changes the speed only: the patches are the same in one pass or in passes of 7."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    tiny = resolve_config(REPO / TINY)
+    for N, scale, expected in ((64, 1, 64), (32, 1, 256), (32, 2, 128), (512, 1, 1)):
+        cfg = dataclasses.replace(tiny, data=dataclasses.replace(tiny.data, N=N),
+                                  model=dataclasses.replace(tiny.model, n_filters_scale=scale))
+        assert inference_batch(cfg, cpu) == expected, (N, scale)
+        assert inference_batch(cfg, cuda) == 256
+    cfg = resolve_config(REPO / TINY, {"execution.inference_batch_size": 7})
+    assert inference_batch(cfg, cpu) == 7
+    model = load_model(scan.workdir / "model.pt", cfg)
+    whole = resolve_config(REPO / TINY, {"execution.inference_batch_size": len(scan.test.counts)})
+    in_sevens = predict_patches(model, scan.test, cfg, cpu)
+    at_once = predict_patches(model, scan.test, whole, cpu)
+    assert in_sevens.shape == (len(scan.test.counts), scan.test.N, scan.test.N)
+    torch.testing.assert_close(in_sevens, at_once, rtol=1e-5, atol=1e-6)

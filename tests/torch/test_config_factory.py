@@ -440,7 +440,7 @@ def torch_calls(monkeypatch) -> list:
     """Record setup_execution's process-global torch settings instead of applying them."""
     calls: list = []
     monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(("threads", n)))
-    monkeypatch.setattr(torch, "use_deterministic_algorithms",
+    monkeypatch.setattr(torch._C, "_set_deterministic_algorithms",
                         lambda flag, **kw: calls.append(("deterministic", flag)))
     return calls
 
