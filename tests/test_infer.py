@@ -219,3 +219,17 @@ def test_auto_inference_batch_fits_the_cache_and_does_not_change_the_patches(sca
     at_once = predict_patches(model, scan.test, whole, cpu)
     assert in_sevens.shape == (len(scan.test.counts), scan.test.N, scan.test.N)
     torch.testing.assert_close(in_sevens, at_once, rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_inference_runs_the_layers_in_bfloat16_close_to_float32(scan):
+    """``execution.precision: bfloat16`` reaches inference: the patches change (the layers
+    ran under autocast) but stay within bfloat16's rounding of float32's."""
+    cfg = resolve_config(REPO / TINY)
+    model = load_model(scan.workdir / "model.pt", cfg)
+    single = predict_patches(model, scan.test, cfg, torch.device("cpu"))
+    half = predict_patches(model, scan.test,
+                           resolve_config(REPO / TINY, {"execution.precision": "bfloat16"}),
+                           torch.device("cpu"))
+    assert half.dtype == single.dtype == torch.complex64
+    error = float((half - single).abs().square().mean() / single.abs().square().mean())
+    assert 0 < error < 1e-3, error
