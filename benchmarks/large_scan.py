@@ -17,6 +17,8 @@ job's process wall time, interpreter start included) and the steps' manifests an
 * the infer step's wall time and its reconstruction seconds (counts to stitched object);
 * pty-chi's 100-epoch solver seconds and its job's wall time;
 * their ratio (issue #16 target: infer wall <= 1/5 of pty-chi's 100 epochs);
+* the same infer step run again, straight after, with ``inference.half_data_frc: false``
+  (no resolution estimate: about one reconstruction less), and its ratio;
 * amplitude and phase PSNR of both, and the epochs and seconds pty-chi needed to reach the
   PINN's.
 
@@ -30,7 +32,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -76,13 +80,27 @@ def job_seconds(workdir: Path, step: str) -> float:
 
 def manifest_numbers(workdir: Path, step: str) -> dict[str, Any]:
     (run_dir,) = [p for p in (workdir / "reports").iterdir() if not p.is_symlink()
-                  and p.is_dir()]
+                  and p.is_dir() and p.name != "without_frc"]
     return json.loads((run_dir / EXP / step / "manifest.json").read_text())["numbers"]
 
 
 def psnr(workdir: Path, step: str) -> dict[str, float]:
     m = json.loads((workdir / f"results/{EXP}/{step}/metrics.json").read_text())
     return {p: m[p]["psnr"] for p in ("amplitude", "phase")}
+
+
+def infer_without_frc(workdir: Path) -> float:
+    """Wall seconds (interpreter start included, as Snakemake's benchmark files) of the infer
+    step on the same model and test file with ``inference.half_data_frc: false``."""
+    results = f"results/{EXP}"
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "ptycho_torch.infer", "--model",
+                    f"{results}/train/model.pt", "--data", f"{results}/simulate/test.cxi",
+                    "--out-dir", f"{results}/infer_without_frc", "--set",
+                    "inference.half_data_frc=false", "--threads", "2", "--report-dir",
+                    f"reports/without_frc/{EXP}/infer"], cwd=workdir, check=True,
+                   capture_output=True)
+    return time.perf_counter() - t0
 
 
 def measure(workdir: Path, epochs: int, iterative: bool) -> dict[str, Any]:
@@ -98,7 +116,8 @@ def measure(workdir: Path, epochs: int, iterative: bool) -> dict[str, Any]:
         "infer_reconstruction_s": infer["reconstruction_seconds"],
         "infer_parts_s": {k[:-len("_seconds")]: v for k, v in infer.items()
                           if k.endswith("_seconds") and k != "reconstruction_seconds"},
-        "pinn_psnr_db": psnr(workdir, "infer")}
+        "pinn_psnr_db": psnr(workdir, "infer"),
+        "infer_job_without_half_data_frc_s": infer_without_frc(workdir)}
     if iterative:
         it = manifest_numbers(workdir, "iterative")
         metrics = json.loads((workdir / f"results/{EXP}/iterative/metrics.json").read_text())
@@ -110,7 +129,9 @@ def measure(workdir: Path, epochs: int, iterative: bool) -> dict[str, Any]:
                     "iterative_epochs": it["epochs"], "iterative_psnr_db": psnr(workdir, "iterative"),
                     "iterative_to_pinn_quality": (
                         {"epoch": reach["epoch"], "seconds": reach["seconds"]} if reach else None),
-                    "infer_job_over_iterative_solver": out["infer_job_s"] / it["reconstruction_seconds"]})
+                    "infer_job_over_iterative_solver": out["infer_job_s"] / it["reconstruction_seconds"],
+                    "infer_job_without_half_data_frc_over_iterative_solver":
+                        out["infer_job_without_half_data_frc_s"] / it["reconstruction_seconds"]})
     return out
 
 
@@ -123,6 +144,7 @@ def print_table(r: dict[str, Any]) -> None:
               f"{k} {v:.2f}" for k, v in r["infer_parts_s"].items()) + ")")
     q = r["pinn_psnr_db"]
     print(f"  PINN: amplitude {q['amplitude']:.2f} dB, phase {q['phase']:.2f} dB")
+    print(f"  infer job without the half-data FRC: {r['infer_job_without_half_data_frc_s']:.1f} s")
     if "iterative_solver_s" not in r:
         return
     q, reach = r["iterative_psnr_db"], r["iterative_to_pinn_quality"]
@@ -131,7 +153,8 @@ def print_table(r: dict[str, Any]) -> None:
           f"{q['phase']:.2f} dB; the PINN's PSNR after "
           + (f"{reach['epoch']} epochs, {reach['seconds']:.1f} s" if reach else "- (not reached)"))
     print(f"  infer job / pty-chi's {r['iterative_epochs']} epochs: "
-          f"{r['infer_job_over_iterative_solver']:.3f} (target <= 0.2)")
+          f"{r['infer_job_over_iterative_solver']:.3f} (target <= 0.2); without the half-data "
+          f"FRC {r['infer_job_without_half_data_frc_over_iterative_solver']:.3f}")
 
 
 def main() -> None:

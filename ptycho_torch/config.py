@@ -225,6 +225,9 @@ class InferenceConfig:
                                      "interleaved half of the scan (half the cost; every patch "
                                      "still overlaps several of them) or all",
                                      choices=("half", "all"))
+    half_data_frc: bool = spec(True, "estimate the resolution without ground truth: reconstruct "
+                               "the two interleaved halves of the scan apart and compare them "
+                               "(the half-data FRC; it costs about one more reconstruction)")
 
 
 @dataclass(frozen=True)

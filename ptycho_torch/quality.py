@@ -188,16 +188,20 @@ def assess(obj: np.ndarray, data: PtychoData, predict: Callable[[PtychoData], to
     """Quality of the reconstruction ``obj [H, W]`` of ``data`` without ground truth.
 
     Returns ``{"data_consistency": r_factor(...), "half_data_frc": half_data_frc(...)}``
-    (the latter ``{"skipped": reason}`` when a half is too small to reconstruct) and
+    (the latter ``{"skipped": reason}`` when a half is too small to reconstruct or
+    ``cfg.half_data_frc`` is off) and
     draws ``figure`` (PNG): the per-position R-factor at the scan positions over the
     reconstructed amplitude, and the half-data FRC curve with its thresholds.
     """
     consistency = r_factor(data.counts, predicted_counts(obj, data.probe, data.positions_px),
                            valid_mask(data))
-    try:
-        halves = half_data_frc(data, predict, cfg)
-    except ValueError as exc:  # e.g. a half with fewer positions than a group needs
-        halves = {"skipped": f"half-data FRC not computed: {exc}"}
+    if not cfg.half_data_frc:
+        halves = {"skipped": "half-data FRC not computed: inference.half_data_frc is false"}
+    else:
+        try:
+            halves = half_data_frc(data, predict, cfg)
+        except ValueError as exc:  # e.g. a half with fewer positions than a group needs
+            halves = {"skipped": f"half-data FRC not computed: {exc}"}
     quality_figure(figure, obj, data, consistency, halves)
     return {"data_consistency": consistency, "half_data_frc": halves}
 

@@ -212,6 +212,21 @@ def test_assess_says_why_a_tiny_scan_has_no_half_data_frc(scene, tmp_path):
     assert len(q["data_consistency"]["per_position"]) == 3 and (tmp_path / "q.png").is_file()
 
 
+def test_assess_without_the_half_data_frc_predicts_nothing(scene, tmp_path):
+    """``inference.half_data_frc: false``: the R-factor only; the halves are never predicted."""
+    calls: list[int] = []
+
+    def predict(d):
+        calls.append(len(d.counts))
+        return _true_patches(scene)(d)
+    data = _scene_data(scene)
+    q = quality.assess(scene["obj"], data, predict, InferenceConfig(half_data_frc=False),
+                       tmp_path / "q.png")
+    assert calls == [] and "inference.half_data_frc is false" in q["half_data_frc"]["skipped"]
+    assert q["data_consistency"]["r_factor"] < 1e-5 and (tmp_path / "q.png").is_file()
+    assert quality.key_numbers(q)["half_data_frc"] == q["half_data_frc"]["skipped"]
+
+
 # ----------------------------------------------------------------- acceptance: ranking models
 
 @pytest.mark.slow
