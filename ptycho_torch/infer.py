@@ -35,7 +35,7 @@ from ptycho_torch.data import OURS, PtychoData, read_data, true_positions, write
 from ptycho_torch.grouping import group_indices, relative_offsets
 from ptycho_torch.metrics import position_rms_error, probe_error, probe_photon_ratio, score
 from ptycho_torch.likelihood import ValidPixels
-from ptycho_torch.model import PtychoPINN, autocast, input_scale, load_model
+from ptycho_torch.model import PtychoPINN, autocast, first_width, input_scale, load_model
 from ptycho_torch.physics import probe_diameter_px
 from ptycho_torch.reports import StepReport, write_atomic
 from ptycho_torch.stitch import illumination, scanned_region, stitch
@@ -77,7 +77,7 @@ def inference_batch(cfg: ExperimentConfig, device: torch.device) -> int:
         return cfg.execution.inference_batch_size
     if device.type == "cuda":
         return 256
-    per_group = 16 * cfg.model.n_filters_scale * cfg.data.N ** 2 * 4
+    per_group = first_width(cfg.model) * cfg.data.N ** 2 * 4  # float32 bytes
     return max(1, ACTIVATION_BUDGET // per_group)
 
 

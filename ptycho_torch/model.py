@@ -109,6 +109,11 @@ def merge_and_reextract(patches: torch.Tensor, offsets: torch.Tensor,
     return physics.extract_patches(merged, pos, N).reshape(B, C, N, N)
 
 
+def first_width(cfg: ModelConfig) -> int:
+    """Channels of the encoder's first block (16 x ``n_filters_scale``; then 2x and 4x that)."""
+    return 16 * cfg.n_filters_scale
+
+
 class PtychoPINN(nn.Module):
     """Group amplitudes ``[B, C, N, N]`` (+ offsets ``[B, C, 2]``) -> patches ``[B, C, N, N]``.
 
@@ -123,7 +128,7 @@ class PtychoPINN(nn.Module):
 
     def __init__(self, cfg: ModelConfig, N: int, probe: torch.Tensor | None = None):
         super().__init__()
-        w, channels = 16 * cfg.n_filters_scale, cfg.gridsize ** 2
+        w, channels = first_width(cfg), cfg.gridsize ** 2
         self.N, self.object_big = N, cfg.object_big and channels > 1
         centre = torch.zeros(N, N)
         q = N // 4 if cfg.pad_object else 0
