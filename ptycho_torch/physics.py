@@ -96,15 +96,20 @@ class PatchOperator:
         if len(positions) and (rows.min() < 0 or cols.min() < 0 or rows.max() >= shape[0]
                                or cols.max() >= shape[1]):
             raise ValueError(f"patches of {N} px at these positions leave the {shape} object")
-        top, left = rows[:, :N].numpy(), cols[:, :N].numpy()  # [n, N]
-        a, b = fr.numpy()[:, 0, 0, None, None], fc.numpy()[:, 0, 0, None, None]
-        corners = [(0, 0, (1 - a) * (1 - b)), (0, 1, (1 - a) * b), (1, 0, a * (1 - b)),
-                   (1, 1, a * b)]  # ascending flat index within each patch pixel's row
-        flat = [((top[:, :, None] + dr) * shape[1] + left[:, None, :] + dc) for dr, dc, _ in corners]
-        weights = [np.broadcast_to(w, (len(top), N, N)) for _, _, w in corners]
-        K = len(top) * N * N
-        m = sparse.csr_matrix((np.stack(weights, -1).reshape(-1).astype(np.float32),
-                               np.stack(flat, -1).reshape(-1).astype(np.int32),
+        n, W = len(positions), shape[1]
+        top, left = rows[:, :N].numpy().astype(np.int32), cols[:, :N].numpy().astype(np.int32)
+        a, b = fr.numpy()[:, 0, 0], fc.numpy()[:, 0, 0]  # float64 [n]
+        # the four corners of each patch pixel, in ascending flat index: written in place,
+        # in the matrix's own dtypes (n N^2 x 4 entries: the largest arrays of a scan)
+        flat = np.empty((n, N, N, 4), np.int32)
+        weights = np.empty((n, N, N, 4), np.float32)
+        base = top[:, :, None] * W + left[:, None, :]  # [n, N, N]
+        for k, (step, w) in enumerate([(0, (1 - a) * (1 - b)), (1, (1 - a) * b),
+                                       (W, a * (1 - b)), (W + 1, a * b)]):
+            np.add(base, step, out=flat[..., k])
+            weights[..., k] = w.astype(np.float32)[:, None, None]
+        K = n * N * N
+        m = sparse.csr_matrix((weights.reshape(-1), flat.reshape(-1),
                                np.arange(0, 4 * K + 1, 4, dtype=np.int32)),
                               shape=(K, shape[0] * shape[1]))
         return cls(_torch_csr(m), _torch_csr(m.T.tocsr()), len(top), N, tuple(shape))
