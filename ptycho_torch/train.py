@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import io
 import logging
 import math
@@ -51,8 +52,34 @@ LAST_GOOD_FILE = "model_last_good.pt"  # in the evidence directory, after a dive
 REPORT_GRACE_S = 10.0
 
 
+# (glibc mallopt parameter, value) that keep_freed_memory sets: M_MMAP_THRESHOLD (-3), blocks
+# up to 32 MiB come from the heap; M_TRIM_THRESHOLD (-1), the heap is trimmed only once more
+# than 1 GiB of it is free; M_TOP_PAD (-2), it grows 256 MiB at a time.
+MALLOC_SETTINGS = ((-3, 32 << 20), (-1, 1 << 30), (-2, 256 << 20))
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed memory for the next tensors (:data:`MALLOC_SETTINGS`);
+    False where there is no glibc (nothing changes there).
+
+    PyTorch's CPU allocator caches nothing: each large tensor is a malloc, and glibc hands
+    big freed blocks back to the kernel (``munmap``, heap trimming), so the next one arrives
+    as fresh pages that the kernel must fault in and zero. The larger scan's infer step
+    (991 patterns of 64 x 64) took 3.4-4.1 million page faults and 17.0-18.7 s; with these
+    settings 0.28 million and 12.7-14.0 s, for 10 % more peak memory (1.16 -> 1.29 GB; the
+    same numbers). The process keeps its peak memory until it ends, which a step's short
+    life allows.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return all(mallopt(param, value) == 1 for param, value in MALLOC_SETTINGS)
+
+
 def setup_execution(ex: ExecutionConfig) -> torch.device:
-    """Apply threads/determinism and pick the device (``auto``: CUDA if visible).
+    """Apply threads/determinism, :func:`keep_freed_memory`, and pick the device (``auto``:
+    CUDA if visible).
 
     Deterministic cuBLAS needs a fixed workspace: ``CUBLAS_WORKSPACE_CONFIG`` is set
     (unless it is already) before any CUDA work. The flag is ATen's alone:
@@ -61,6 +88,7 @@ def setup_execution(ex: ExecutionConfig) -> torch.device:
     """
     if ex.threads:
         torch.set_num_threads(ex.threads)
+    keep_freed_memory()
     if ex.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError(["execution.device: 'cuda' was asked for but no CUDA device is "
                            "visible (use 'auto' or 'cpu')"])
