@@ -56,11 +56,10 @@ def extract_patches(obj: torch.Tensor, positions: torch.Tensor, N: int) -> torch
     return rows_interp[:, :, :N] * (1 - fc) + rows_interp[:, :, 1:] * fc
 
 
-def place_patches(patches: torch.Tensor, positions: torch.Tensor,
-                  shape: tuple[int, int]) -> torch.Tensor:
-    """Adjoint of :func:`extract_patches`: sum patches ``[n, N, N]`` into a canvas ``shape``."""
+def _spread(patches: torch.Tensor, fr: torch.Tensor, fc: torch.Tensor) -> torch.Tensor:
+    """Each patch ``[n, N, N]`` spread over its ``[N+1, N+1]`` window by the bilinear weights
+    of its fractional offsets ``fr, fc [n, 1, 1]`` (the adjoint of the interpolation)."""
     n, N, _ = patches.shape
-    rows, cols, fr, fc = _bilinear_indices(positions, N)
     fr, fc = fr.to(patches.real.dtype), fc.to(patches.real.dtype)
     cols_t = patches.new_zeros((n, N, N + 1))
     cols_t[:, :, :N] += patches * (1 - fc)
@@ -68,6 +67,15 @@ def place_patches(patches: torch.Tensor, positions: torch.Tensor,
     big = patches.new_zeros((n, N + 1, N + 1))
     big[:, :N, :] += cols_t * (1 - fr)
     big[:, 1:, :] += cols_t * fr
+    return big
+
+
+def place_patches(patches: torch.Tensor, positions: torch.Tensor,
+                  shape: tuple[int, int]) -> torch.Tensor:
+    """Adjoint of :func:`extract_patches`: sum patches ``[n, N, N]`` into a canvas ``shape``."""
+    n, N, _ = patches.shape
+    rows, cols, fr, fc = _bilinear_indices(positions, N)
+    big = _spread(patches, fr, fc)
     canvas = patches.new_zeros(shape)
     index = (rows[:, :, None].expand(-1, -1, N + 1), cols[:, None, :].expand(-1, N + 1, -1))
     return canvas.index_put_(index, big, accumulate=True)
@@ -93,9 +101,7 @@ class PatchOperator:
         """The operator for probe centres ``positions [n, 2]`` (px) on an object ``shape``;
         every patch must lie inside the object (as for :func:`extract_patches`)."""
         rows, cols, fr, fc = _bilinear_indices(torch.from_numpy(np.asarray(positions)), N)
-        if len(positions) and (rows.min() < 0 or cols.min() < 0 or rows.max() >= shape[0]
-                               or cols.max() >= shape[1]):
-            raise ValueError(f"patches of {N} px at these positions leave the {shape} object")
+        _check_inside(rows, cols, N, shape)
         n, W = len(positions), shape[1]
         top, left = rows[:, :N].numpy().astype(np.int32), cols[:, :N].numpy().astype(np.int32)
         a, b = fr.numpy()[:, 0, 0], fc.numpy()[:, 0, 0]  # float64 [n]
@@ -123,15 +129,41 @@ class PatchOperator:
         return _sparse_apply(self.transpose, patches).reshape(self.shape)
 
 
+def placement_rows(patches: torch.Tensor, positions: np.ndarray,
+                   shape: tuple[int, int]) -> sparse.csr_matrix:
+    """CSR ``[n, H W]`` (complex64 for complex ``patches [n, N, N]``, else float32) whose row
+    ``i`` is patch ``i`` placed alone on the canvas ``shape`` at ``positions [n, 2]`` (px):
+    :func:`place_patches` of it, ``(N+1)^2`` entries. So ``place_patches(c[:, None, None] *
+    patches) = rows.T @ c`` for per-patch factors ``c [n]``, at a quarter of the entries of
+    :class:`PatchOperator`."""
+    n, N, _ = patches.shape
+    rows, cols, fr, fc = _bilinear_indices(torch.from_numpy(np.asarray(positions)), N)
+    _check_inside(rows, cols, N, shape)
+    big = _spread(patches.to(torch.complex64 if patches.is_complex() else torch.float32), fr, fc)
+    flat = (rows[:, :, None] * shape[1] + cols[:, None, :]).reshape(-1)
+    return sparse.csr_matrix((big.reshape(-1).numpy(), flat.numpy().astype(np.int32),
+                              np.arange(0, n * (N + 1) ** 2 + 1, (N + 1) ** 2, dtype=np.int32)),
+                             shape=(n, shape[0] * shape[1]))
+
+
+def _check_inside(rows: torch.Tensor, cols: torch.Tensor, N: int, shape: tuple[int, int]) -> None:
+    """Patch windows (corner rows/cols ``[n, N+1]``) must lie inside the object ``shape``."""
+    if len(rows) and (rows.min() < 0 or cols.min() < 0 or rows.max() >= shape[0]
+                      or cols.max() >= shape[1]):
+        raise ValueError(f"patches of {N} px at these positions leave the {shape} object")
+
+
 def _torch_csr(m: sparse.csr_matrix) -> torch.Tensor:
-    """A torch CSR tensor (int32 indices: MKL's, no conversion at each product)."""
+    """A torch CSR tensor, float32 or complex64 (int32 indices: MKL's, no conversion at
+    each product)."""
     m.sort_indices()
+    dtype = np.complex64 if np.iscomplexobj(m.data) else np.float32
     with warnings.catch_warnings():  # "sparse CSR support is in beta": products are tested
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(
             torch.from_numpy(m.indptr.astype(np.int32, copy=False)),
             torch.from_numpy(m.indices.astype(np.int32, copy=False)),
-            torch.from_numpy(m.data.astype(np.float32, copy=False)), size=m.shape,
+            torch.from_numpy(m.data.astype(dtype, copy=False)), size=m.shape,
             check_invariants=False)
 
 

@@ -125,24 +125,32 @@ def calibrate_patches(patches: torch.Tensor, positions: np.ndarray, shape: tuple
     broadcasting to ``counts [n, N, N]``; None = all), the Gaussian amplitude model of
     iterative ptychography (it converges in fewer steps than the Poisson likelihood here,
     and ``sqrt`` stabilises the Poisson variance). L-BFGS (scipy) with the analytic
-    gradient in float32 through :class:`physics.PatchOperator`, from ``c = 1`` (log amplitudes
+    gradient in float32, from ``c = 1`` (log amplitudes
     in units of :data:`AMPLITUDE_UNIT`), for at most
     ``cfg.calibration_iterations`` steps and until a step lowers the loss by less than the
     fraction ``cfg.calibration_tolerance``. With ``calibration_patterns: half`` only one
     interleaved half of the patterns (:func:`fit_patterns`) is fitted: every patch still
-    covers several of them, at half the cost.
+    covers several of them, at half the cost. ``O(c)`` is one sparse product with the
+    patches placed once (:func:`physics.placement_rows`, ``(N+1)^2`` entries each), and so is
+    the factors' gradient; the fitted patterns' extraction and its adjoint go through
+    :class:`physics.PatchOperator`.
     """
     n, N = patches.shape[0], patches.shape[-1]
     fit = fit_patterns(positions, cfg.calibration_patterns)
-    stitched = physics.PatchOperator.at(positions, N, shape)
-    seen = stitched if fit.all() else physics.PatchOperator.at(positions[fit], N, shape)
+    seen = physics.PatchOperator.at(positions[fit], N, shape)
     q = (weight * patches).to(torch.complex64)  # [n, N, N]
-    den = stitched.place(weight.expand(n, -1, -1)).clamp_min(1e-3)  # [H, W]
+    # the stitched object is linear in the factors: O = B f with B [H W, n], column i =
+    # A_i^T(w p_i) / den, den = sum_i A_i^T(w); the factors' gradient is B^H applied to the
+    # object's. (bincount: a deterministic sum, whatever torch's flags and threads)
+    spread = physics.placement_rows(weight.expand(n, -1, -1), positions, shape)
+    den = np.bincount(spread.indices, spread.data, shape[0] * shape[1]).astype(np.float32)
+    rows = physics.placement_rows(q, positions, shape)  # B^T [n, H W]
+    rows.data /= np.maximum(den, 1e-3)[rows.indices]
+    to_object, to_factors = physics._torch_csr(rows.T.tocsr()), physics._torch_csr(rows.conj())
     root = torch.fft.ifftshift(torch.from_numpy(counts[fit]).float().sqrt(), dim=(-2, -1))
     keep = (None if valid is None else torch.fft.ifftshift(
         torch.as_tensor(valid).expand(counts.shape)[torch.from_numpy(fit)].float(),
         dim=(-2, -1)))  # the pixels fitted, in the FFT's (unshifted) order; None: all
-    q_conj = q.conj().reshape(n, -1, 1).resolve_conj()
     P, size, losses = probe.to(torch.complex64), root.numel(), []
 
     def factors(x: np.ndarray) -> torch.Tensor:
@@ -151,16 +159,15 @@ def calibrate_patches(patches: torch.Tensor, positions: np.ndarray, shape: tuple
 
     def loss_and_gradient(x: np.ndarray) -> tuple[float, np.ndarray]:
         f = factors(x)
-        obj = stitched.place(q * f[:, None, None]) / den
+        obj = (to_object @ f[:, None]).view(shape)
         far = torch.fft.fft2(P * seen.extract(obj), norm="ortho")
         amplitude = torch.linalg.vector_norm(torch.view_as_real(far), dim=-1)
         residual = amplitude - root if keep is None else (amplitude - root) * keep
         loss = float(torch.linalg.vector_norm(residual)) ** 2 / size
         ratio = residual.div_(amplitude.clamp_min_(1e-12)).mul_(2 / size)
         grad_exit = torch.fft.ifft2(far.mul_(ratio), norm="ortho")
-        grad_obj = seen.place(grad_exit.mul_(P.conj())) / den
-        grad_patches = stitched.extract(grad_obj).view(n, 1, -1)
-        grad_f = (grad_patches @ q_conj).view(n)  # dL/dRe f + i dL/dIm f, per patch
+        grad_obj = seen.place(grad_exit.mul_(P.conj()))  # dL/dRe O + i dL/dIm O
+        grad_f = (to_factors @ grad_obj.view(-1, 1)).view(n)  # dL/dRe f + i dL/dIm f
         h = grad_f.conj() * f
         losses.append(loss)
         return loss, torch.cat([AMPLITUDE_UNIT * h.real, -h.imag]).double().numpy()

@@ -361,3 +361,28 @@ def test_patch_operator_is_extract_and_place_as_a_sparse_matrix():
     assert abs(complex(lhs - rhs)) < 1e-3 * abs(complex(lhs))
     with pytest.raises(ValueError, match="leave the"):
         physics.PatchOperator.at(np.array([[4.0, 20.0]]), N, shape)
+
+
+def test_placement_rows_place_each_patch_alone_so_factors_stitch_by_one_product():
+    """Row i of placement_rows is patch i placed alone (place_patches of it), so per-patch
+    factors c give the canvas of the scaled patches as rows.T @ c, complex and real."""
+    rng = np.random.default_rng(6)
+    pos, shape, N = rng.uniform(9, 40, (30, 2)), (50, 52), 16
+    patches = torch.from_numpy(rng.standard_normal((30, N, N)) + 1j * rng.standard_normal((30, N, N)))
+    c = rng.standard_normal(30) + 1j * rng.standard_normal(30)
+    t = torch.from_numpy(pos)
+    rows = physics.placement_rows(patches, pos, shape)
+    assert rows.shape == (30, 50 * 52) and rows.nnz == 30 * (N + 1) ** 2
+    expected = physics.place_patches(patches * torch.from_numpy(c)[:, None, None], t, shape)
+    np.testing.assert_allclose((rows.T @ c.astype(np.complex64)).reshape(shape), expected.numpy(),
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(physics.placement_rows(patches[3:4], pos[3:4], shape).toarray()[0],
+                               physics.place_patches(patches[3:4], t[3:4], shape).numpy().ravel(),
+                               rtol=1e-5, atol=1e-5)
+    real = physics.placement_rows(patches.real, pos, shape)
+    assert real.dtype == np.float32
+    np.testing.assert_allclose(np.asarray(real.sum(axis=0)).reshape(shape),
+                               physics.place_patches(patches.real, t, shape).numpy(),
+                               rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="leave the"):
+        physics.placement_rows(patches[:1], np.array([[4.0, 20.0]]), shape)
