@@ -118,7 +118,7 @@ class PatchOperator:
         m = sparse.csr_matrix((weights.reshape(-1), flat.reshape(-1),
                                np.arange(0, 4 * K + 1, 4, dtype=np.int32)),
                               shape=(K, shape[0] * shape[1]))
-        return cls(_torch_csr(m), _torch_csr(m.T.tocsr()), len(top), N, tuple(shape))
+        return cls(torch_csr(m), torch_csr(m.T.tocsr()), len(top), N, tuple(shape))
 
     def extract(self, obj: torch.Tensor) -> torch.Tensor:
         """Patches ``[n, N, N]`` of the object ``[H, W]`` (real or complex)."""
@@ -153,7 +153,7 @@ def _check_inside(rows: torch.Tensor, cols: torch.Tensor, N: int, shape: tuple[i
         raise ValueError(f"patches of {N} px at these positions leave the {shape} object")
 
 
-def _torch_csr(m: sparse.csr_matrix) -> torch.Tensor:
+def torch_csr(m: sparse.csr_matrix) -> torch.Tensor:
     """A torch CSR tensor, float32 or complex64 (int32 indices: MKL's, no conversion at
     each product)."""
     m.sort_indices()

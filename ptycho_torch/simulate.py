@@ -52,7 +52,7 @@ SUBPIXEL_STEPS = 8      # scan positions are multiples of 1/8 px
 NOISE_BLOCK = 256       # patterns per Poisson block (fixed: part of the random stream)
 # Bytes of patches per forward-model batch and of sub-pixel shifted object copies at a
 # time: cache-sized, so each batch is gathered, multiplied, transformed and squared while
-# it is still in cache (30 % faster than 16 MiB each, measured side by side; the output
+# it is still in cache (20-30 % faster than 16 MiB each, measured side by side; the output
 # does not depend on them).
 PATCH_BUDGET = 1 << 20
 SHIFT_BUDGET = 2 << 20

@@ -146,7 +146,7 @@ def calibrate_patches(patches: torch.Tensor, positions: np.ndarray, shape: tuple
     den = np.bincount(spread.indices, spread.data, shape[0] * shape[1]).astype(np.float32)
     rows = physics.placement_rows(q, positions, shape)  # B^T [n, H W]
     rows.data /= np.maximum(den, 1e-3)[rows.indices]
-    to_object, to_factors = physics._torch_csr(rows.T.tocsr()), physics._torch_csr(rows.conj())
+    to_object, to_factors = physics.torch_csr(rows.T.tocsr()), physics.torch_csr(rows.conj())
     root = torch.fft.ifftshift(torch.from_numpy(counts[fit]).float().sqrt(), dim=(-2, -1))
     keep = (None if valid is None else torch.fft.ifftshift(
         torch.as_tensor(valid).expand(counts.shape)[torch.from_numpy(fit)].float(),
