@@ -4,7 +4,7 @@
                                [--repeats 3] [--keep]
 
 Builds a reports/ + results/ tree of ``--steps`` step reports in a temporary directory
-(real manifests written by :class:`ptycho_torch.reports.StepReport`: 5 steps per run and
+(real manifests written by :class:`ptycho_torch.evidence.StepReport`: 5 steps per run and
 experiment, 4 experiments, as many runs as needed; each step directory holds its summary,
 log, config and one evidence file of ``--evidence-kb``; each step rewrites one product of
 ``--product-kb`` in results/ and reads the previous step's). Then, with the files in the
@@ -36,7 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ptycho_torch import audit  # noqa: E402
-from ptycho_torch.reports import StepReport, environment, new_run_id, write_atomic  # noqa: E402
+from ptycho_torch.evidence import StepReport, environment, new_run_id
+from ptycho_torch.files import write_atomic  # noqa: E402
 
 STEPS = ("prepare", "fit", "predict", "score", "summarize")
 EXPERIMENTS = ("alpha", "beta", "gamma", "delta")

@@ -34,6 +34,8 @@ from typing import Any
 
 from pipeline import experiment_name, run_snakemake, workflow_benchmark_cli
 
+from ptycho_torch.formatting import number
+
 PARTS = ("amplitude", "phase")
 
 
@@ -88,10 +90,6 @@ def hybrid_figures(comparison: dict[str, Any]) -> dict[str, Any]:
             "break_even_scans_at_iterative_quality": even.get("pinn_iterative")}
 
 
-def _num(v: Any, fmt: str = ".3g") -> str:
-    return "n/a" if v is None else format(v, fmt)
-
-
 def print_table(r: dict[str, Any]) -> None:
     print(f"method comparison, experiment {r['experiment']!r} (snakemake compare: "
           f"{r['wall_s']:.0f} s wall)")
@@ -99,24 +97,24 @@ def print_table(r: dict[str, Any]) -> None:
           f"{'recon s':>9s}")
     for name, m in r["methods"].items():
         note = f"  ({m['unavailable']})" if m["unavailable"] else ""
-        print(f"{name:15s} {_num(m['amplitude_psnr_db'], '.2f'):>12s} "
-              f"{_num(m['phase_psnr_db'], '.2f'):>14s} {_num(m['training_seconds']):>9s} "
-              f"{_num(m['reconstruction_seconds']):>9s}{note}")
-    print(f"iterative to the PINN's quality: {_num(r['iterative_seconds_to_pinn_quality'])} s "
-          f"({_num(r['iterative_epochs_to_pinn_quality'], 'd')} epochs) vs PINN "
-          f"{_num(r['pinn_reconstruction_seconds'])} s: speed-up "
-          f"{_num(r['speedup_pinn_vs_iterative_at_equal_quality'])}")
+        print(f"{name:15s} {number(m['amplitude_psnr_db']):>12s} "
+              f"{number(m['phase_psnr_db']):>14s} {number(m['training_seconds']):>9s} "
+              f"{number(m['reconstruction_seconds']):>9s}{note}")
+    print(f"iterative to the PINN's quality: {number(r['iterative_seconds_to_pinn_quality'])} s "
+          f"({number(r['iterative_epochs_to_pinn_quality'])} epochs) vs PINN "
+          f"{number(r['pinn_reconstruction_seconds'])} s: speed-up "
+          f"{number(r['speedup_pinn_vs_iterative_at_equal_quality'])}")
     gap = r["quality_gap_pinn_minus_iterative_db"] or {}
-    print(f"quality gap PINN - iterative: amplitude {_num(gap.get('amplitude'), '+.2f')} dB, "
-          f"phase {_num(gap.get('phase'), '+.2f')} dB")
+    print(f"quality gap PINN - iterative: amplitude {number(gap.get('amplitude'))} dB, "
+          f"phase {number(gap.get('phase'))} dB")
     print(f"to the iterative method's final PSNR - 0.5 dB: hybrid (PINN time included) "
-          f"{_num(r['hybrid_seconds_to_iterative_quality'])} s "
-          f"({_num(r['hybrid_epochs_to_iterative_quality'], 'd')} epochs), iterative from its "
-          f"own start {_num(r['iterative_seconds_to_own_final_quality'])} s: ratio "
-          f"{_num(r['hybrid_over_iterative_time_to_iterative_quality'])}")
-    print(f"break-even against the iterative method: {_num(r['break_even_scans_at_pinn_quality'], 'd')}"
+          f"{number(r['hybrid_seconds_to_iterative_quality'])} s "
+          f"({number(r['hybrid_epochs_to_iterative_quality'])} epochs), iterative from its "
+          f"own start {number(r['iterative_seconds_to_own_final_quality'])} s: ratio "
+          f"{number(r['hybrid_over_iterative_time_to_iterative_quality'])}")
+    print(f"break-even against the iterative method: {number(r['break_even_scans_at_pinn_quality'])}"
           f" scans at the PINN's quality (PINN), "
-          f"{_num(r['break_even_scans_at_iterative_quality'], 'd')} at the iterative quality "
+          f"{number(r['break_even_scans_at_iterative_quality'])} at the iterative quality "
           "(hybrid)")
 
 

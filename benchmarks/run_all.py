@@ -44,6 +44,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from ptycho_torch.formatting import number
+
 HERE = Path(__file__).resolve().parent
 # name -> (arguments, arguments with --quick)
 BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
@@ -141,12 +143,6 @@ def table(rows: list[Row], fmt: Callable[[Any], str]) -> str:
     return "\n".join(f"{name.ljust(width)}  {fmt(value):>10}  {unit}" for name, value, unit in rows)
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "n/a"
-    return f"{v:.4g}" if isinstance(v, (int, float)) else str(v)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -165,7 +161,7 @@ def main() -> int:
     rows = headline(results)
     print(f"\n=== summary ({'quick' if args.quick else 'full'} run, started "
           f"{started:%Y-%m-%d %H:%M:%S} UTC)")
-    print(table(rows, _fmt))
+    print(table(rows, number))
     if errors:
         print("failed: " + ", ".join(errors))
     out = args.out or HERE / "runs" / f"{started:%Y-%m-%dT%H%M%SZ}.json"

@@ -26,7 +26,7 @@ Checks:
   reported as information;
 * Snakemake's own files, ``results/<experiment>/logs/<rule>.log`` and
   ``benchmarks/<rule>.tsv``, are checked like products against the newest manifest that
-  ``sealed`` them (the report or study step after their rule, :mod:`ptycho_torch.reports`).
+  ``sealed`` them (the report or study step after their rule, :mod:`ptycho_torch.evidence`).
   The files no step can seal (the report's, the study's and the audit's own, and those of
   rules no report or study step has run after yet) are listed as information, "not
   covered", with the reason; a sealed file that changed while a later step of its
@@ -59,8 +59,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
-from ptycho_torch.reports import (CONFIG, MANIFEST, SUMMARY, digest_file, is_run_id,
-                                  load_manifest, write_atomic)
+from ptycho_torch.evidence import CONFIG, MANIFEST, SUMMARY, digest_file, is_run_id, load_manifest
+from ptycho_torch.files import write_atomic
 
 LEVELS = ("ok", "info", "warning", "finding")
 NOT_PRODUCTS = frozenset({"audit"})  # results/<experiment>/<these>/

@@ -2,7 +2,7 @@
 
 Every step: parse arguments -> resolve and validate its config (problems are
 printed one per line, exit status 2, nothing written) -> run inside a
-:class:`~ptycho_torch.reports.StepReport` (log, summary, manifest). An
+:class:`~ptycho_torch.evidence.StepReport` (log, summary, manifest). An
 unexpected error exits with status 1, leaves a FAILED summary and no manifest,
 and removes the step's partial products.
 """
@@ -22,7 +22,7 @@ from typing import Any, Callable
 from ptycho_torch.config import ExperimentConfig
 from ptycho_torch.config_factory import ConfigError, config_hash, parse_set_option, resolve_config
 from ptycho_torch.data import DataFileError
-from ptycho_torch.reports import StepReport
+from ptycho_torch.evidence import StepReport
 
 LOG = logging.getLogger("ptycho_torch")
 

@@ -54,8 +54,10 @@ from typing import Any
 from ptycho_torch import cli
 from ptycho_torch.config import ExperimentConfig
 from ptycho_torch.config_factory import ConfigError
-from ptycho_torch.reports import (MANIFEST, StepReport, is_run_id, load_manifest, path_key,
-                                  sha256_file, write_atomic)
+from ptycho_torch.evidence import (MANIFEST, StepReport, is_run_id, load_manifest, path_key,
+                                   sha256_file)
+from ptycho_torch.files import write_atomic
+from ptycho_torch.formatting import DIGITS, number
 
 LOG = logging.getLogger("ptycho_torch")
 PARTS = ("amplitude", "phase")
@@ -65,7 +67,6 @@ UNITS = {"psnr": "dB", "ssim": "", "frc50": "cycles/px"}
 COSTS = ("training_seconds", "reconstruction_seconds")  # lower is better
 COST_LABELS = {"training_seconds": "training", "reconstruction_seconds": "reconstruction"}
 NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-DIGITS = 4  # significant digits shown, and the resolution of a win
 FINAL_MARGIN_DB = 0.5  # "the solver's quality": its final PSNR less this
 
 
@@ -300,8 +301,8 @@ def _cost_text(comparison: dict[str, Any], cost: str) -> str | None:
         return None
     if len(best) > 1:
         return f"{COST_LABELS[cost]} equally fast ({', '.join(best)})"
-    others = ", ".join(f"{k} {_fmt(v)} s" for k, v in values.items() if k not in best)
-    return f"{COST_LABELS[cost]} faster with {best[0]} ({_fmt(values[best[0]])} s vs {others})"
+    others = ", ".join(f"{k} {number(v)} s" for k, v in values.items() if k not in best)
+    return f"{COST_LABELS[cost]} faster with {best[0]} ({number(values[best[0]])} s vs {others})"
 
 
 def verdict(comparison: dict[str, Any]) -> str:
@@ -322,12 +323,12 @@ def verdict(comparison: dict[str, Any]) -> str:
         text += "; " + "; ".join(costs)
     for match in comparison["time_to_quality"]:
         text += (f"; {match['method']} matched {match['matches']}'s PSNR after "
-                 f"{match['epoch']} epochs, {_fmt(match['seconds'])} s" if match["reached"]
+                 f"{match['epoch']} epochs, {number(match['seconds'])} s" if match["reached"]
                  else f"; {match['method']} did not reach {match['matches']}'s PSNR")
     for f in comparison.get("time_to_final_quality", []):
         if f["method"] != f["target_of"]:
             text += (f"; {f['method']} reached {f['target_of']}'s final PSNR - "
-                     f"{f['margin_db']:g} dB in {_fmt(f['seconds'])} s" if f["reached"]
+                     f"{f['margin_db']:g} dB in {number(f['seconds'])} s" if f["reached"]
                      else f"; {f['method']} did not reach {f['target_of']}'s final PSNR - "
                           f"{f['margin_db']:g} dB")
     for name, reason in comparison["unavailable"].items():
@@ -339,14 +340,6 @@ def verdict(comparison: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------- rendering
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:.{DIGITS}g}" if math.isfinite(v) else str(v)
-    return str(v)
-
-
 def table_lines(comparison: dict[str, Any]) -> list[str]:
     """The comparison table (Markdown), the best value of each column in bold, and the verdict."""
     cols = [(f"{p}.{k}", f"{p} {LABELS[k]}" + (f" ({UNITS[k]})" if UNITS[k] else ""))
@@ -356,7 +349,7 @@ def table_lines(comparison: dict[str, Any]) -> list[str]:
              "|---|---|" + "---|" * len(cols)]
     for m in comparison["methods"]:
         t = m["training"]
-        trained = (f"{t['mode']}, {_fmt(t['patterns'])} patterns x {_fmt(t['epochs'])} epochs"
+        trained = (f"{t['mode']}, {number(t['patterns'])} patterns x {number(t['epochs'])} epochs"
                    if t else "none")
         if m["unavailable"]:
             trained = f"not available: {m['unavailable']}"
@@ -364,13 +357,13 @@ def table_lines(comparison: dict[str, Any]) -> list[str]:
         for key, _ in cols:
             value = m[key] if key in COSTS else m[key.split(".")[0]][key.split(".")[1]]
             bold = m["name"] in comparison["winners"][key] and len(comparison["methods"]) > 1
-            cells.append(f"**{_fmt(value)}**" if bold and value is not None else _fmt(value))
+            cells.append(f"**{number(value)}**" if bold and value is not None else number(value))
         lines.append(f"| {m['name']} | {trained} | " + " | ".join(cells) + " |")
     first = comparison["methods"][0]
     region = first.get("region") or {}
     lines += ["", f"**Verdict:** {comparison['verdict']}", "", *time_to_quality_lines(comparison),
               *final_quality_lines(comparison), *break_even_lines(comparison),
-              f"Test object: {_fmt(first.get('n_test_patterns'))} patterns, scored region rows "
+              f"Test object: {number(first.get('n_test_patterns'))} patterns, scored region rows "
               f"{region.get('rows')}, cols {region.get('cols')} (the same for every method). "
               "Higher is better for PSNR, SSIM and FRC50 (cycles/px, 0.5 = Nyquist), lower for "
               "the times. Times are each step's own measurement (training loop; network + "
@@ -388,14 +381,14 @@ def time_to_quality_lines(comparison: dict[str, Any]) -> list[str]:
         t = m.get("time_to_target")
         if t:
             rows.append(f"| {m['name']} | {t['psnr_db']:g} dB (fixed target) | "
-                        + (f"{t['epoch']} | {_fmt(t['seconds'])} | | |" if t["reached"]
+                        + (f"{t['epoch']} | {number(t['seconds'])} | | |" if t["reached"]
                            else "not reached | | | |"))
     for q in comparison["time_to_quality"]:
         target = ", ".join(f"{p} {q['psnr_db'][p]:.4g} dB" for p in PARTS)
-        cells = (f"{q['epoch']} | {_fmt(q['seconds'])}" if q["reached"] else "not reached | ")
+        cells = (f"{q['epoch']} | {number(q['seconds'])}" if q["reached"] else "not reached | ")
         rows.append(f"| {q['method']} | {q['matches']}'s PSNR ({target}) | {cells} | "
-                    f"{_fmt(q['matched_reconstruction_seconds'])} | "
-                    f"{_fmt(q['speedup_of_matched'])} |")
+                    f"{number(q['matched_reconstruction_seconds'])} | "
+                    f"{number(q['speedup_of_matched'])} |")
     if not rows:
         return []
     return ["Time to quality (the first scored checkpoint reaching the target in amplitude "
@@ -410,7 +403,7 @@ def final_quality_lines(comparison: dict[str, Any]) -> list[str]:
     quality (its final PSNR less the margin, amplitude and phase both)."""
     rows = [f"| {f['method']} | {f['target_of']}'s final PSNR - {f['margin_db']:g} dB ("
             + ", ".join(f"{p} {f['psnr_db'][p]:.4g} dB" for p in PARTS) + ") | "
-            + (f"{f['epoch']} | {_fmt(f['seconds'])} |" if f["reached"] else "not reached | |")
+            + (f"{f['epoch']} | {number(f['seconds'])} |" if f["reached"] else "not reached | |")
             for f in comparison.get("time_to_final_quality", [])]
     if not rows:
         return []
@@ -421,8 +414,8 @@ def final_quality_lines(comparison: dict[str, Any]) -> list[str]:
 
 def break_even_lines(comparison: dict[str, Any]) -> list[str]:
     """Markdown table: the whole cost, training once then reconstructing scan after scan."""
-    rows = [f"| {b['method']} | {b['against']} | {b['quality']} | {_fmt(b['training_seconds'])} | "
-            f"{_fmt(b['seconds_per_scan'])} | {_fmt(b['against_seconds_per_scan'])} | "
+    rows = [f"| {b['method']} | {b['against']} | {b['quality']} | {number(b['training_seconds'])} | "
+            f"{number(b['seconds_per_scan'])} | {number(b['against_seconds_per_scan'])} | "
             + (str(b["scans"]) if b["scans"] is not None else "never (not faster per scan)")
             + " |" for b in comparison.get("break_even", [])]
     if not rows:

@@ -43,12 +43,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import zipfile
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import h5py
 import numpy as np
@@ -56,6 +55,7 @@ import torch
 
 from ptycho_torch import physics
 from ptycho_torch.config import DataConfig
+from ptycho_torch.files import atomic_path
 
 ELECTRON_VOLT_J = 1.602176634e-19
 DETECTOR = "/entry_1/instrument_1/detector_1"
@@ -101,16 +101,11 @@ class PtychoData:
         return self.mask == 0
 
 
-def write_atomic_h5(path: Path, fill) -> None:
-    """Create HDF5 ``path`` through a temporary file; ``fill(h5file)`` writes the content."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w", track_order=True) as f:
-            fill(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def write_atomic_h5(path: Path, fill: Callable[[h5py.File], None]) -> None:
+    """Create HDF5 ``path`` atomically (:func:`ptycho_torch.files.atomic_path`);
+    ``fill(h5file)`` writes the content."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", track_order=True) as f:
+        fill(f)
 
 
 def write_cxi(path: str | Path, d: PtychoData,
@@ -585,15 +580,8 @@ def write_npz(path: str | Path, d: PtychoData) -> None:
     if d.ground_truth is not None:
         arrays["objectGuess"] = d.ground_truth.astype(dtypes.get("objectGuess", "complex64"))
     arrays.update(d.extras)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def read_data(path: str | Path, geometry: DataConfig | None = None) -> PtychoData:

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ptycho_torch.reports import write_atomic  # noqa: E402
+from ptycho_torch.files import write_atomic  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path) -> None:

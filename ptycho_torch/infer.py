@@ -37,7 +37,8 @@ from ptycho_torch.metrics import position_rms_error, probe_error, probe_photon_r
 from ptycho_torch.likelihood import ValidPixels
 from ptycho_torch.model import PtychoPINN, autocast, first_width, input_scale, load_model
 from ptycho_torch.physics import probe_diameter_px
-from ptycho_torch.reports import StepReport, write_atomic
+from ptycho_torch.evidence import StepReport
+from ptycho_torch.files import write_atomic
 from ptycho_torch.stitch import illumination, scanned_region, stitch
 from ptycho_torch.train import setup_execution
 

@@ -74,7 +74,8 @@ from ptycho_torch.compare import PARTS, producer, time_to_reach
 from ptycho_torch.config import ExperimentConfig, IterativeConfig
 from ptycho_torch.config_factory import ConfigError
 from ptycho_torch.data import PtychoData, read_data, true_positions
-from ptycho_torch.reports import StepReport, sha256_file, write_atomic
+from ptycho_torch.evidence import StepReport, sha256_file
+from ptycho_torch.files import write_atomic
 
 LOG = logging.getLogger("ptycho_torch")
 PTYCHI_REQUIREMENT = "ptychi==2.2.0"

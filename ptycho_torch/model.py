@@ -225,7 +225,7 @@ def save_checkpoint(path: Path, model: nn.Module, cfg: ExperimentConfig, meta: d
     """``model.pt``: state_dict, the resolved config and metadata; plain types only (read
     back by :func:`ptycho_torch.config_factory.load_checkpoint`, which the config of the
     inference payload comes from)."""
-    from ptycho_torch.reports import write_atomic
+    from ptycho_torch.files import write_atomic
     import io
     buf = io.BytesIO()
     torch.save({"state_dict": model.state_dict(), "config": dataclasses.asdict(cfg),

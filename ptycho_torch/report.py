@@ -26,8 +26,10 @@ from typing import Any, Callable
 from ptycho_torch import cli
 from ptycho_torch.config import ExperimentConfig
 from ptycho_torch.config_factory import ConfigError
-from ptycho_torch.reports import (MANIFEST, SUMMARY, StepReport, is_run_id, load_manifest,
-                                  sha256_file, write_atomic)
+from ptycho_torch.evidence import (MANIFEST, SUMMARY, StepReport, is_run_id, load_manifest,
+                                   sha256_file)
+from ptycho_torch.files import write_atomic
+from ptycho_torch.formatting import number
 
 METRICS = ("mae", "psnr", "ssim", "frc50")
 
@@ -80,10 +82,6 @@ def provenance(reports_root: Path, experiment: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _number(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
 def render(index: dict[str, Any], link: Callable[[str], str]) -> str:
     """Markdown of ``index``; ``link(path_in_run_dir)`` makes a link relative to the file."""
     run_id = index["run_id"]
@@ -92,7 +90,7 @@ def render(index: dict[str, Any], link: Callable[[str], str]) -> str:
              "## Steps run in this run", "",
              "| step | status | duration (s) | evidence | manifest sha256 |",
              "|---|---|---|---|---|"]
-    lines += [f"| {s['step']} | {s['status']} | {_number(s['duration_s'] or '')} "
+    lines += [f"| {s['step']} | {s['status']} | {number(s['duration_s'] or '')} "
               f"| [{s['dir']}/]({link(s['dir'])}): [summary.md]({link(s['dir'] + '/' + SUMMARY)}), "
               f"[{MANIFEST}]({link(s['dir'] + '/' + MANIFEST)}) "
               f"| `{(s.get('manifest_sha256') or '-')[:12]}` |" for s in index["steps"]]
@@ -101,14 +99,14 @@ def render(index: dict[str, Any], link: Callable[[str], str]) -> str:
               f"On the scanned region of the test object ({m.get('n_patterns', '?')} patterns); "
               f"alignment: `{json.dumps(m.get('alignment', {}), sort_keys=True)}`.", "",
               "| | MAE | PSNR (dB) | SSIM | FRC50 |", "|---|---|---|---|---|"]
-    lines += [f"| {part} | " + " | ".join(_number(m[part].get(k, "")) for k in METRICS) + " |"
+    lines += [f"| {part} | " + " | ".join(number(m[part].get(k, "")) for k in METRICS) + " |"
               for part in ("amplitude", "phase") if part in m]
     if "quality" in m:  # ptycho_torch.quality: needs no ground truth
         c, h = m["quality"]["data_consistency"], m["quality"]["half_data_frc"]
-        frc = h.get("skipped") or (f"half-data FRC resolution {_number(h['resolution_half_bit_nm'])}"
-                                   f" nm (1/2-bit), {_number(h['resolution_1_7_nm'])} nm (1/7)")
-        lines += ["", f"Without ground truth: R-factor {_number(c['r_factor'])} against the "
-                  f"measured counts (Poisson noise alone: {_number(c['r_factor_poisson_expected'])}"
+        frc = h.get("skipped") or (f"half-data FRC resolution {number(h['resolution_half_bit_nm'])}"
+                                   f" nm (1/2-bit), {number(h['resolution_1_7_nm'])} nm (1/7)")
+        lines += ["", f"Without ground truth: R-factor {number(c['r_factor'])} against the "
+                  f"measured counts (Poisson noise alone: {number(c['r_factor_poisson_expected'])}"
                   f"); {frc}."]
     if index.get("comparison"):  # --comparison: the method comparison (ptycho_torch.compare)
         from ptycho_torch.compare import markdown_section

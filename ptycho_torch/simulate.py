@@ -46,7 +46,7 @@ from ptycho_torch.config import (DataConfig, DetectorConfig, ExperimentConfig, O
 from ptycho_torch.config_factory import ConfigError
 from ptycho_torch.data import (MASK_DEAD, MASK_INVALID, MASK_SHADOWED, PtychoData, load_image,
                                load_probe, measured_sets, write_cxi)
-from ptycho_torch.reports import StepReport
+from ptycho_torch.evidence import StepReport
 
 SUBPIXEL_STEPS = 8      # scan positions are multiples of 1/8 px
 NOISE_BLOCK = 256       # patterns per Poisson block (fixed: part of the random stream)

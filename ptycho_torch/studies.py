@@ -35,10 +35,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ptycho_torch import cli
-from ptycho_torch.compare import COSTS, LABELS, METRICS, PARTS, UNITS, _fmt
+from ptycho_torch.compare import COSTS, LABELS, METRICS, PARTS, UNITS
 from ptycho_torch.config import ExperimentConfig
 from ptycho_torch.config_factory import ConfigError, resolve_config, set_path
-from ptycho_torch.reports import StepReport, write_atomic
+from ptycho_torch.evidence import StepReport
+from ptycho_torch.files import write_atomic
+from ptycho_torch.formatting import number
 
 LOG = logging.getLogger("ptycho_torch")
 PRODUCTS = ("quality.json", "quality.csv", "quality.md", "quality.png")
@@ -135,7 +137,7 @@ def markdown(key: str, points: list[dict[str, Any]]) -> str:
         lines += [f"## {title}", "", f"| `{key}` | " + " | ".join(names) + " |",
                   "|---|" + "---|" * len(names)]
         for point in points:
-            row = [_fmt(get(point["methods"][n])) if n in point["methods"] else "n/a"
+            row = [number(get(point["methods"][n])) if n in point["methods"] else "n/a"
                    for n in names]
             lines.append(f"| {point['value']} | " + " | ".join(row) + " |")
         lines.append("")

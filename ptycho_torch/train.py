@@ -42,7 +42,8 @@ from ptycho_torch.grouping import (group_indices, grouping_problems, relative_of
                                    split_positions)
 from ptycho_torch.likelihood import ValidPixels
 from ptycho_torch.model import PtychoPINN, autocast, input_scale, physics_loss, save_checkpoint
-from ptycho_torch.reports import StepReport, write_atomic
+from ptycho_torch.evidence import StepReport
+from ptycho_torch.files import write_atomic
 
 LOG = logging.getLogger("ptycho_torch")
 RESUME_FILE = "resume_state.pt"  # training state after the last finished epoch; removed at the end

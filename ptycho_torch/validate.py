@@ -36,7 +36,8 @@ from ptycho_torch.config_factory import (ConfigError, TrainingPayload, config_ha
 from ptycho_torch.data import (BRIGHTEST_QUANTILE, DETECTOR, CountsReader, check_data_file,
                                plausible_transmission, read_cxi)
 from ptycho_torch.model import load_model
-from ptycho_torch.reports import StepReport, sha256_file, write_atomic
+from ptycho_torch.evidence import StepReport, sha256_file
+from ptycho_torch.files import write_atomic
 
 NON_INTEGER_LIMIT = 0.01  # largest fraction of non-zero pixels that may hold non-whole counts
 WHOLE_TOLERANCE = 1e-3    # |x - round(x)| below this is a whole number (float32 storage)

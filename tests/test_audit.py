@@ -24,7 +24,7 @@ import pytest
 
 from conftest import REPO, TINY, clean_env, copy_workflow, jobs_run, run_snakemake, run_step
 from ptycho_torch import audit
-from ptycho_torch.reports import (MANIFEST, SELF_HASH, code_version, is_run_id, load_manifest,
+from ptycho_torch.evidence import (MANIFEST, SELF_HASH, code_version, is_run_id, load_manifest,
                                   manifest_digest, sha256_file)
 
 EXP = "tiny"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_step
-from ptycho_torch.reports import sha256_file
+from ptycho_torch.evidence import sha256_file
 
 STEPS = ("simulate", "validate", "train", "infer", "report")
 BAD_SETS = ("--set", "data.N=33", "--set", "training.epochz=1")

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import TINY, copy_workflow, jobs_run, run_snakemake, run_step
 from ptycho_torch import compare
-from ptycho_torch.reports import RUN_ID_PATTERN, StepReport, load_manifest, sha256_file
+from ptycho_torch.evidence import RUN_ID_PATTERN, StepReport, load_manifest, sha256_file
 
 EXP = "tiny"
 QUALITY = [f"{p}.{k}" for p in compare.PARTS for k in compare.METRICS]

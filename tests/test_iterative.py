@@ -19,7 +19,7 @@ from conftest import run_step
 from ptycho_torch import iterative, simulate
 from ptycho_torch.config_factory import resolve_config
 from ptycho_torch.data import write_cxi
-from ptycho_torch.reports import load_manifest
+from ptycho_torch.evidence import load_manifest
 from ptycho_torch.torchvision_compat import GaussianBlur
 
 RUN = "2026-01-01T000000Z"

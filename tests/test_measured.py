@@ -26,7 +26,7 @@ from ptycho_torch.config_factory import ConfigError, resolve_config
 from ptycho_torch.data import (DETECTOR, OURS, SOURCE, TRANSLATION, DataFileError, PtychoData,
                                measured_sets, read_cxi, read_data, write_cxi, write_npz)
 from ptycho_torch.model import PtychoPINN, save_checkpoint
-from ptycho_torch.reports import file_entry, load_manifest
+from ptycho_torch.evidence import file_entry, load_manifest
 from ptycho_torch.train import train_model
 
 N = 16

@@ -35,7 +35,7 @@ import pytest
 import yaml
 
 from conftest import REPO, TINY, clean_env, copy_workflow, jobs_run
-from ptycho_torch.reports import RUN_ID_PATTERN
+from ptycho_torch.evidence import RUN_ID_PATTERN
 
 pytestmark = pytest.mark.slow  # a real cluster run: 2-4 min on 2 shared cores (load 5-8)
 

@@ -21,7 +21,7 @@ import yaml
 from conftest import REPO, TINY, clean_env, copy_workflow, jobs_run, run_snakemake, run_step
 from ptycho_torch import iterative
 from ptycho_torch.config_factory import ConfigError
-from ptycho_torch.reports import RUN_ID_PATTERN, load_manifest
+from ptycho_torch.evidence import RUN_ID_PATTERN, load_manifest
 from ptycho_torch.studies import point_configs, value_label
 
 STUDIES = sorted((REPO / "config" / "studies").glob("*.yaml"))

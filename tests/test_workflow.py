@@ -21,7 +21,7 @@ import yaml
 from conftest import REPO, TINY, copy_workflow, jobs_run, run_snakemake
 from ptycho_torch.config import ExperimentConfig
 from ptycho_torch.config_factory import resolve_config
-from ptycho_torch.reports import RUN_ID_PATTERN, sha256_file
+from ptycho_torch.evidence import RUN_ID_PATTERN, sha256_file
 
 pytestmark = pytest.mark.slow  # real Snakemake runs (seconds each; the end-to-end run ~30 s)
 

@@ -28,7 +28,7 @@ from snakemake.utils import validate
 
 from ptycho_torch.config import SCIENCE_SECTIONS, ExperimentConfig
 from ptycho_torch.config_factory import ConfigError, resolve_config
-from ptycho_torch.reports import is_run_id, new_run_id
+from ptycho_torch.evidence import is_run_id, new_run_id
 from ptycho_torch.studies import point_configs
 
 

@@ -18,7 +18,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from ptycho_torch.config import ExperimentConfig  # noqa: E402
-from ptycho_torch.reports import RUN_ID_PATTERN  # noqa: E402
+from ptycho_torch.evidence import RUN_ID_PATTERN  # noqa: E402
 
 JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string"}
 NAME_PATTERN = "^[A-Za-z0-9_-]+$"

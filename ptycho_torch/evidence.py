@@ -41,6 +41,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ptycho_torch.files import write_atomic
+from ptycho_torch.formatting import number
+
 RUN_ID_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{6}Z$")
 RUN_ID_FORMAT = "%Y-%m-%dT%H%M%SZ"
 MANIFEST = "manifest.json"
@@ -69,22 +72,6 @@ def is_run_id(name: str) -> bool:
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write ``path`` via a temporary file in the same directory, fsync and a rename:
-    readers see the old file or the complete new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def digest_file(path: Path, chunk: int = HASH_BUFFER) -> tuple[int, str]:
@@ -165,7 +152,7 @@ def code_version(root: Path | None = None) -> dict[str, Any]:
         head = git("rev-parse", "--verify", "--quiet", "HEAD^{commit}")
         if head.returncode != 0 or not head.stdout.strip():
             return unknown
-        tracked = git("ls-files", "--error-unmatch", "--", "ptycho_torch/reports.py")
+        tracked = git("ls-files", "--error-unmatch", "--", "ptycho_torch/evidence.py")
         status = git("status", "--porcelain", "--untracked-files=no")
         if tracked.returncode != 0 or status.returncode != 0:
             return unknown
@@ -241,7 +228,7 @@ class StepReport:
         lines += [f"- sealed: `{path_key(p)}`" for p in self.sealed]
         if self.numbers:
             lines += ["", "| quantity | value |", "|---|---|"]
-            lines += [f"| {k} | {_fmt(v)} |" for k, v in self.numbers.items()]
+            lines += [f"| {k} | {number(v)} |" for k, v in self.numbers.items()]
         return "\n".join(lines) + "\n"
 
     def finish(self, ok: bool) -> None:
@@ -268,7 +255,3 @@ class StepReport:
         manifest = json.loads(json.dumps(manifest, default=str))  # exactly what is stored
         manifest[SELF_HASH] = manifest_digest(manifest)
         self.write_json(MANIFEST, manifest)
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
