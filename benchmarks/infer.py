@@ -62,7 +62,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ptycho_torch import infer  # noqa: E402
+from ptycho_torch import infer, products  # noqa: E402
 from ptycho_torch.config import ExperimentConfig  # noqa: E402
 from ptycho_torch.config_factory import resolve_config  # noqa: E402
 from ptycho_torch.data import PtychoData, write_cxi  # noqa: E402
@@ -72,7 +72,7 @@ from ptycho_torch.likelihood import ValidPixels  # noqa: E402
 from ptycho_torch.model import PtychoPINN, input_scale, load_model, save_checkpoint  # noqa: E402
 from ptycho_torch.simulate import simulate_dataset  # noqa: E402
 from ptycho_torch.stitch import scanned_region, stitch  # noqa: E402
-from ptycho_torch.train import setup_execution  # noqa: E402
+from ptycho_torch.execution import setup_execution  # noqa: E402
 
 TARGET = 1.0  # (sync + calibration + stitching) / network
 STEP_PARTS = infer.RECONSTRUCTION_PARTS + infer.AFTER_PARTS
@@ -106,8 +106,8 @@ def bare(model: PtychoPINN, batches: list[tuple[torch.Tensor, torch.Tensor]]) ->
 def real(model: PtychoPINN, data: PtychoData, cfg: ExperimentConfig,
          out: Path) -> infer.Reconstruction:
     rec = infer.reconstruct(model, data, cfg, torch.device("cpu"))
-    infer.write_ptychodus(out / "reconstruction.h5", rec.obj, data, [], cfg.experiment)
-    infer.write_reconstruction_npz(out / "reconstruction.npz", rec.obj, data)
+    products.write_ptychodus(out / "reconstruction.h5", rec.obj, data, [], cfg.experiment)
+    products.write_reconstruction_npz(out / "reconstruction.npz", rec.obj, data)
     return rec
 
 

@@ -59,7 +59,8 @@ from ptycho_torch.data import PtychoData  # noqa: E402
 from ptycho_torch.grouping import group_indices, relative_offsets  # noqa: E402
 from ptycho_torch.model import PtychoPINN, input_scale, physics_loss  # noqa: E402
 from ptycho_torch.simulate import simulate_dataset  # noqa: E402
-from ptycho_torch.train import setup_execution, train_model  # noqa: E402
+from ptycho_torch.execution import setup_execution  # noqa: E402
+from ptycho_torch.train import train_model  # noqa: E402
 
 TARGET = 0.8
 

@@ -59,8 +59,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
-from ptycho_torch.evidence import CONFIG, MANIFEST, SUMMARY, digest_file, is_run_id, load_manifest
+from ptycho_torch.evidence import CONFIG, MANIFEST, SUMMARY, digest_file, is_run_id
 from ptycho_torch.files import write_atomic
+from ptycho_torch.ledger import Ledger, Parts, Record, StepDir, read_ledger, table_of
 
 LEVELS = ("ok", "info", "warning", "finding")
 NOT_PRODUCTS = frozenset({"audit"})  # results/<experiment>/<these>/
@@ -80,7 +81,6 @@ MANIFEST_KEYS = ("step", "run_id", "experiment", "status", "files", "products", 
 REQUIRED_PACKAGES = ("python", "torch", "numpy", "h5py", "snakemake")
 
 Digest = tuple[int, str]  # size, sha256
-Parts = tuple[str, ...]   # (run_id, experiment, step), or a prefix of it
 
 
 @dataclass(frozen=True)
@@ -90,30 +90,6 @@ class Row:
     kind: str  # "step" | "product" | "tree"
     level: str  # one of LEVELS
     message: str
-
-
-@dataclass(frozen=True)
-class StepDir:
-    path: Path
-    parts: Parts  # (run_id, experiment, step)
-
-    @property
-    def name(self) -> str:
-        return "/".join(self.parts)
-
-
-@dataclass(frozen=True)
-class Record:
-    """What one manifest recorded about one file it made or read."""
-    parts: Parts  # (run_id, experiment, step) of the manifest
-    ended: str
-    sha256: str | None
-    size: int | None
-    sealed: bool = False  # a Snakemake file the step sealed, not a product it made
-
-    @property
-    def where(self) -> str:
-        return "/".join(self.parts)
 
 
 @dataclass
@@ -259,65 +235,6 @@ def step_listing(step: StepDir) -> tuple[list[Path], list[Path]]:
 
 
 # ---------------------------------------------------------------- manifests and provenance
-
-@dataclass
-class Ledger:
-    """Every verified manifest of the tree and what they record making and reading."""
-    manifests: dict[Parts, dict[str, Any]] = field(default_factory=dict)
-    problems: dict[Parts, str] = field(default_factory=dict)
-    producers: dict[str, list[Record]] = field(default_factory=dict)
-    consumers: dict[str, list[Record]] = field(default_factory=dict)
-    unverified: dict[str, list[Parts]] = field(default_factory=dict)  # named by a bad manifest
-
-
-def table_of(m: Mapping[str, Any], key: str) -> dict[str, Any]:
-    """``m[key]`` when it is a JSON object (files, products, inputs), else empty."""
-    value = m.get(key)
-    return value if isinstance(value, dict) else {}
-
-
-def identity_problem(step: StepDir, m: Mapping[str, Any]) -> str | None:
-    found = (m.get("run_id"), m.get("experiment"), m.get("step"))
-    if found != step.parts:
-        return (f"manifest.json belongs to {'/'.join(map(str, found))}, not to "
-                f"{step.name} (moved or copied evidence)")
-    return None
-
-
-def read_ledger(steps: list[StepDir]) -> Ledger:
-    ledger = Ledger()
-    for step in steps:
-        path = step.path / MANIFEST
-        if not path.is_file():
-            continue
-        m, problem = load_manifest(path)
-        problem = problem or identity_problem(step, m)
-        if problem:
-            ledger.problems[step.parts] = problem
-            for name in unverified_products(path):
-                ledger.unverified.setdefault(name, []).append(step.parts)
-            continue
-        ledger.manifests[step.parts] = m
-        for key, table in (("products", ledger.producers), ("sealed", ledger.producers),
-                           ("inputs", ledger.consumers)):
-            for name, entry in table_of(m, key).items():
-                entry = entry if isinstance(entry, dict) else {}
-                table.setdefault(name, []).append(Record(
-                    step.parts, str(m.get("ended_utc")), entry.get("sha256"), entry.get("size"),
-                    key == "sealed"))
-    for table in (ledger.producers, ledger.consumers):
-        for records in table.values():
-            records.sort(key=lambda r: (r.parts[0], r.ended))
-    return ledger
-
-
-def unverified_products(path: Path) -> list[str]:
-    """Product names in a manifest that does not verify (only to explain findings)."""
-    try:
-        products = json.loads(path.read_text()).get("products")
-    except (OSError, ValueError, AttributeError):
-        return []
-    return list(products) if isinstance(products, dict) else []
 
 
 def required_evidence(step: str, m: Mapping[str, Any]) -> set[str]:

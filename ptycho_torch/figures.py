@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import io
 import shutil
 from pathlib import Path
@@ -14,10 +15,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ptycho_torch.comparison import COST_LABELS, COSTS, LABELS, METRICS, PARTS, UNITS  # noqa: E402
 from ptycho_torch.files import write_atomic  # noqa: E402
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
+def save(fig: plt.Figure, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -50,7 +52,7 @@ def loss_curve(path: Path, history: list[dict[str, float]]) -> None:
     ax.set_title("Training and validation loss")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    save(fig, path)
 
 
 def _panel(ax: plt.Axes, img: np.ndarray, title: str, cmap: str, **kw: Any) -> None:
@@ -74,7 +76,7 @@ def reconstruction(path: Path, recon: np.ndarray, truth: np.ndarray | None,
         _panel(axes[0], np.abs(recon), "reconstruction amplitude", "gray")
         _panel(axes[1], np.angle(recon), "reconstruction phase (rad)", "twilight")
         fig.suptitle("scanned region (no ground truth: not scored)", fontsize=10)
-        _save(fig, path)
+        save(fig, path)
         return
     from ptycho_torch.metrics import apply_alignment  # scipy/skimage: only where scored
     aligned, truth = apply_alignment(recon, truth, metrics["alignment"])
@@ -94,7 +96,7 @@ def reconstruction(path: Path, recon: np.ndarray, truth: np.ndarray | None,
                f"MAE {m['mae']:.3g}", "RdBu_r", vmin=-(hi - lo) / 2, vmax=(hi - lo) / 2)
     fig.suptitle("scanned region, after registration and global phase / amplitude alignment",
                  fontsize=10)
-    _save(fig, path)
+    save(fig, path)
 
 
 def frc_curves(path: Path, freq: np.ndarray, curves: Mapping[str, np.ndarray],
@@ -126,7 +128,7 @@ def frc_curves(path: Path, freq: np.ndarray, curves: Mapping[str, np.ndarray],
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))
-    _save(fig, path)
+    save(fig, path)
 
 
 def message(path: Path, title: str, text: str) -> None:
@@ -136,7 +138,7 @@ def message(path: Path, title: str, text: str) -> None:
     ax.set_title(title, fontsize=10)
     ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=9,
             transform=ax.transAxes)
-    _save(fig, path)
+    save(fig, path)
 
 
 def scan_positions(path: Path, amplitude: np.ndarray, positions_px: np.ndarray,
@@ -174,7 +176,7 @@ def scan_positions(path: Path, amplitude: np.ndarray, positions_px: np.ndarray,
                       f"{diameter_px * px_um * 1e3:.0f} nm (86.5 % of its intensity)", fontsize=9)
     axes[1].set_title(f"illumination (summed probe intensity); pixel {px_um * 1e3:.1f} nm",
                       fontsize=9)
-    _save(fig, path)
+    save(fig, path)
 
 
 def position_errors(path: Path, true: np.ndarray, given: np.ndarray,
@@ -202,7 +204,7 @@ def position_errors(path: Path, true: np.ndarray, given: np.ndarray,
     axes[1].set(xlabel="error (px, mean offset removed)", ylabel="positions",
                 title="error lengths")
     axes[1].legend(fontsize=8)
-    _save(fig, path)
+    save(fig, path)
 
 
 def probes(path: Path, given: np.ndarray, final: np.ndarray, true: np.ndarray | None) -> None:
@@ -220,4 +222,60 @@ def probes(path: Path, given: np.ndarray, final: np.ndarray, true: np.ndarray | 
         _panel(axes[0, k], np.abs(p), f"{name}: amplitude{err}", "gray", vmin=0, vmax=top)
         phase = np.where(np.abs(p) > 0.05 * np.abs(p).max(), np.angle(p), np.nan)
         _panel(axes[1, k], phase, f"{name}: phase (rad)", "twilight", vmin=-np.pi, vmax=np.pi)
-    _save(fig, path)
+    save(fig, path)
+
+
+def _finite(v: float | None) -> float:
+    """A bar height: 0 for a missing or infinite value."""
+    return v if v is not None and math.isfinite(v) else 0.0
+
+
+def _convergence_panel(ax: Any, methods: list[dict[str, Any]], colours: list[str],
+                       part: str) -> None:
+    """PSNR of ``part`` against reconstruction seconds: the curve of an iterative method,
+    one point per other method (its reconstruction time and PSNR)."""
+    for m, colour in zip(methods, colours):
+        if m.get("convergence"):
+            ax.plot([c["seconds"] for c in m["convergence"]],
+                    [c[part]["psnr"] for c in m["convergence"]], "o-", ms=2.5, color=colour,
+                    label=m["name"])
+        elif not m["unavailable"] and m["reconstruction_seconds"]:
+            ax.plot([m["reconstruction_seconds"]], [m[part]["psnr"]], "s", ms=7, color=colour,
+                    label=m["name"])
+    ax.set_xscale("log")
+    ax.set_xlabel("reconstruction time [s]", fontsize=8)
+    ax.set_title(f"{part} PSNR [dB] vs time", fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+
+
+def comparison(path: Path, comparison: dict[str, Any]) -> None:
+    """``comparison.png`` of a comparison (:func:`ptycho_torch.comparison.build_comparison`):
+    bars per method of amplitude and phase PSNR, SSIM, FRC50 and the two costs, and the
+    PSNR against time where a method has a convergence curve."""
+    methods = comparison["methods"]
+    names = [m["name"] for m in methods]
+    colours = [f"C{i}" for i in range(len(methods))]
+    curves = any(m.get("convergence") for m in methods)
+    fig, axes = plt.subplots(2, 5 if curves else 4, figsize=(14 if curves else 11, 5),
+                             constrained_layout=True)
+    for row, part in enumerate(PARTS):
+        for col, k in enumerate(METRICS):
+            ax = axes[row, col]
+            values = [_finite(m[part][k]) for m in methods]
+            ax.bar(names, values, color=colours)
+            ax.set_title(f"{part} {LABELS[k]}" + (f" [{UNITS[k]}]" if UNITS[k] else ""),
+                         fontsize=9)
+            ax.tick_params(labelsize=8)
+        cost = COSTS[row]
+        ax = axes[row, 3]
+        ax.bar(names, [m[cost] or 0.0 for m in methods], color=colours)
+        ax.set_title(f"{COST_LABELS[cost]} [s], lower is better", fontsize=9)
+        ax.tick_params(labelsize=8)
+        if curves:
+            _convergence_panel(axes[row, 4], methods, colours, part)
+    missing = [m["name"] for m in methods if m["unavailable"]]
+    fig.suptitle(f"{' vs '.join(names)} on the test object (higher is better unless noted)"
+                 + (f"; not available: {', '.join(missing)}" if missing else ""), fontsize=10)
+    save(fig, path)

@@ -4,9 +4,9 @@
 --out-dir results/EXP/iterative --report-dir reports/<run_id>/EXP/iterative`` reconstructs
 the scan in ``DATA`` with pty-chi (``ptychi``, APS), using the data's own probe and
 positions (``iterative.probe_refinement`` lets it refine the probe), and writes the
-products of the infer step with the infer step's own writers and scorer
-(:func:`ptycho_torch.infer.evaluate`, ``write_figures``, ``write_ptychodus``): so the
-methods are scored identically. ``metrics.json`` also holds
+products of the infer step with the same writers and scorer
+(:mod:`ptycho_torch.products`: :func:`~ptycho_torch.products.evaluate`, ``write_figures``,
+``write_ptychodus``): so the methods are scored identically. ``metrics.json`` also holds
 
 * ``method``: engine, epochs, batch size, probe refinement, pty-chi version;
 * ``convergence``: the quality (amplitude/phase PSNR, SSIM, FRC50; the same
@@ -70,12 +70,13 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ptycho_torch import cli, figures, torchvision_compat
-from ptycho_torch.compare import PARTS, producer, time_to_reach
+from ptycho_torch.comparison import PARTS, time_to_reach
 from ptycho_torch.config import ExperimentConfig, IterativeConfig
 from ptycho_torch.config_factory import ConfigError
 from ptycho_torch.data import PtychoData, read_data, true_positions
 from ptycho_torch.evidence import StepReport, sha256_file
 from ptycho_torch.files import write_atomic
+from ptycho_torch.ledger import producer
 
 LOG = logging.getLogger("ptycho_torch")
 PTYCHI_REQUIREMENT = "ptychi==2.2.0"
@@ -265,9 +266,9 @@ def write_unavailable(out_dir: Path, rep: StepReport, reason: str, data_file: Pa
 def run(args: argparse.Namespace, cfg: ExperimentConfig, rep: StepReport,
         products: list[Path]) -> None:
     """The step body: reconstruct, score, write the infer step's products."""
-    from ptycho_torch.infer import evaluate, write_figures, write_ptychodus, \
-        write_reconstruction_npz
-    from ptycho_torch.train import setup_execution
+    from ptycho_torch.products import (evaluate, write_figures, write_ptychodus,
+                                       write_reconstruction_npz)
+    from ptycho_torch.execution import setup_execution
     gpu = setup_execution(cfg.execution).type == "cuda"
     data = read_data(args.data, cfg.data)
     start, initial = (None, None) if args.init_object is None else starting_object(
@@ -327,7 +328,7 @@ def starting_object(path: Path, data: PtychoData, reports_root: Path
     (pixels it does not cover, 0 there, start at 1 as pty-chi's default start does), and
     its record: the file, its sha256, and the seconds of the reconstruction that made it,
     from the manifest of the step that wrote the file (the newest verified one under
-    ``reports_root``, :func:`ptycho_torch.compare.producer`), so that a hybrid's time counts
+    ``reports_root``, :func:`ptycho_torch.ledger.producer`), so that a hybrid's time counts
     its start's. Raises :class:`ConfigError` for a file that does not fit ``data`` or that
     no step records making."""
     try:

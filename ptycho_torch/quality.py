@@ -223,7 +223,7 @@ def quality_figure(path: Path, obj: np.ndarray, data: PtychoData, consistency: d
     object px), i.e. where the fit is poor. Right: the half-data FRC and its thresholds."""
     import matplotlib.pyplot as plt
 
-    from ptycho_torch.figures import _save
+    from ptycho_torch.figures import save
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5.0), layout="constrained")
     left.imshow(np.abs(obj), cmap="gray")
     rows, cols = data.positions_px[:, 0], data.positions_px[:, 1]
@@ -253,4 +253,4 @@ def quality_figure(path: Path, obj: np.ndarray, data: PtychoData, consistency: d
               f"{halves[f'resolution_{k}_nm']:.0f} nm" for k in ("half_bit", "1_7")}
         right.set_title(f"two interleaved halves {halves['halves']}: resolution "
                         f"{nm['half_bit']} (1/2-bit), {nm['1_7']} (1/7)", fontsize=9)
-    _save(fig, path)
+    save(fig, path)

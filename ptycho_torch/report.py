@@ -29,6 +29,7 @@ from ptycho_torch.config_factory import ConfigError
 from ptycho_torch.evidence import (MANIFEST, SUMMARY, StepReport, is_run_id, load_manifest,
                                    sha256_file)
 from ptycho_torch.files import write_atomic
+from ptycho_torch.ledger import provenance
 from ptycho_torch.formatting import number
 
 METRICS = ("mae", "psnr", "ssim", "frc50")
@@ -60,28 +61,6 @@ def steps_of_run(run_dir: Path, experiment: str, own: Path) -> list[dict[str, An
     return steps
 
 
-def provenance(reports_root: Path, experiment: str) -> list[dict[str, Any]]:
-    """Each existing product named by a manifest of ``experiment``, with the newest run
-    (and step) whose manifest records the file's current sha256; ``None`` if none does.
-    Manifests that do not verify (edited, unreadable) are ignored."""
-    records: dict[str, list[tuple[str, str, str]]] = {}
-    for manifest in sorted(reports_root.glob(f"*/{experiment}/*/{MANIFEST}")):
-        run_id = manifest.parents[2].name
-        m, _ = load_manifest(manifest)
-        if m is None or not is_run_id(run_id) or m.get("step") == "report":
-            continue  # reports/latest repeats a run; the report's own products are being remade
-        for path, entry in m.get("products", {}).items():
-            records.setdefault(path, []).append((run_id, m["step"], entry.get("sha256")))
-    rows = []
-    for path, made in sorted(records.items()):
-        if Path(path).is_file():
-            digest = sha256_file(Path(path))
-            match = [(run, step) for run, step, sha in made if sha == digest]
-            run, step = match[-1] if match else (None, None)
-            rows.append({"path": path, "sha256": digest, "run_id": run, "step": step})
-    return rows
-
-
 def render(index: dict[str, Any], link: Callable[[str], str]) -> str:
     """Markdown of ``index``; ``link(path_in_run_dir)`` makes a link relative to the file."""
     run_id = index["run_id"]
@@ -109,7 +88,7 @@ def render(index: dict[str, Any], link: Callable[[str], str]) -> str:
                   f"measured counts (Poisson noise alone: {number(c['r_factor_poisson_expected'])}"
                   f"); {frc}."]
     if index.get("comparison"):  # --comparison: the method comparison (ptycho_torch.compare)
-        from ptycho_torch.compare import markdown_section
+        from ptycho_torch.comparison import markdown_section
         lines += ["", *markdown_section(index["comparison"])]
     lines += ["", "## Figures", ""]
     lines += [f"![{Path(f).stem}]({link(f)})" for f in index["figures"]]

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ptycho_torch import cli
-from ptycho_torch.compare import COSTS, LABELS, METRICS, PARTS, UNITS
+from ptycho_torch.comparison import COSTS, LABELS, METRICS, PARTS, UNITS
 from ptycho_torch.config import ExperimentConfig
 from ptycho_torch.config_factory import ConfigError, resolve_config, set_path
 from ptycho_torch.evidence import StepReport

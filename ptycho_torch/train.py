@@ -17,15 +17,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import io
 import logging
 import math
-import os
-import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,145 +30,23 @@ import torch
 from torch import distributed as dist
 
 from ptycho_torch import cli, figures, physics
-from ptycho_torch.config import ExecutionConfig, ExperimentConfig, TrainingConfig
+from ptycho_torch.config import ExperimentConfig, TrainingConfig
 from ptycho_torch.config_factory import (ConfigError, config_hash, create_training_payload,
                                          load_checkpoint, payload_from_json)
+from ptycho_torch.distributed import (REPORT_GRACE_S, global_mean, launch_from_env,
+                                      process_group, rank0_says, rank_and_world)
 from ptycho_torch.data import DataFileError, PtychoData, read_cxi
 from ptycho_torch.grouping import (group_indices, grouping_problems, relative_offsets,
                                    split_positions)
 from ptycho_torch.likelihood import ValidPixels
 from ptycho_torch.model import PtychoPINN, autocast, input_scale, physics_loss, save_checkpoint
 from ptycho_torch.evidence import StepReport
+from ptycho_torch.execution import setup_execution
 from ptycho_torch.files import write_atomic
 
 LOG = logging.getLogger("ptycho_torch")
 RESUME_FILE = "resume_state.pt"  # training state after the last finished epoch; removed at the end
 LAST_GOOD_FILE = "model_last_good.pt"  # in the evidence directory, after a divergence
-# Seconds a rank other than 0 waits before failing on a problem that rank 0 reports: torchrun
-# stops every worker as soon as one exits with an error, and rank 0 must get to report first.
-REPORT_GRACE_S = 10.0
-
-
-# (glibc mallopt parameter, value) that keep_freed_memory sets: M_MMAP_THRESHOLD (-3), blocks
-# up to 32 MiB come from the heap; M_TRIM_THRESHOLD (-1), the heap is trimmed only once more
-# than 1 GiB of it is free; M_TOP_PAD (-2), it grows 256 MiB at a time.
-MALLOC_SETTINGS = ((-3, 32 << 20), (-1, 1 << 30), (-2, 256 << 20))
-
-
-def keep_freed_memory() -> bool:
-    """Let glibc's malloc keep freed memory for the next tensors (:data:`MALLOC_SETTINGS`);
-    False where there is no glibc (nothing changes there).
-
-    PyTorch's CPU allocator caches nothing: each large tensor is a malloc, and glibc hands
-    big freed blocks back to the kernel (``munmap``, heap trimming), so the next one arrives
-    as fresh pages that the kernel must fault in and zero. The larger scan's infer step
-    (991 patterns of 64 x 64) took 3.4-4.1 million page faults and 17.0-18.7 s; with these
-    settings 0.28 million and 12.7-14.0 s, for 10 % more peak memory (1.16 -> 1.29 GB; the
-    same numbers). The process keeps its peak memory until it ends, which a step's short
-    life allows.
-    """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    return all(mallopt(param, value) == 1 for param, value in MALLOC_SETTINGS)
-
-
-def setup_execution(ex: ExecutionConfig) -> torch.device:
-    """Apply threads/determinism, :func:`keep_freed_memory`, and pick the device (``auto``:
-    CUDA if visible).
-
-    Deterministic cuBLAS needs a fixed workspace: ``CUBLAS_WORKSPACE_CONFIG`` is set
-    (unless it is already) before any CUDA work. The flag is ATen's alone:
-    ``torch.use_deterministic_algorithms`` also sets the compiler's (nothing here
-    compiles), and importing ``torch._inductor`` for it took 1.3 s of every step.
-    """
-    if ex.threads:
-        torch.set_num_threads(ex.threads)
-    keep_freed_memory()
-    if ex.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(["execution.device: 'cuda' was asked for but no CUDA device is "
-                           "visible (use 'auto' or 'cpu')"])
-    device = torch.device("cuda" if ex.device != "cpu" and torch.cuda.is_available() else "cpu")
-    if ex.deterministic and device.type == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch._C._set_deterministic_algorithms(ex.deterministic)
-    return device
-
-
-@dataclass(frozen=True)
-class Launch:
-    """This process's place in a multi-process (data-parallel) launch."""
-    rank: int
-    local_rank: int
-    world_size: int
-    launcher: str  # "torchrun" (its environment variables) or "srun"
-
-
-def launch_from_env(environ: Mapping[str, str] = os.environ) -> Launch | None:
-    """The multi-process launch this process is part of; None for a single process.
-
-    torchrun sets ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
-    ``MASTER_PORT``; a plain ``srun -n N`` step sets ``SLURM_STEP_NUM_TASKS``,
-    ``SLURM_PROCID`` and ``SLURM_LOCALID`` (the step's, not the allocation's
-    ``SLURM_NTASKS``: a batch script is not one of N ranks). torchrun's variables
-    win, so torchrun inside a one-task srun step (how the SLURM executor runs a
-    job) is a torchrun launch.
-    """
-    try:
-        if "WORLD_SIZE" in environ:
-            world, rank = int(environ["WORLD_SIZE"]), int(environ.get("RANK", "0"))
-            local, launcher = int(environ.get("LOCAL_RANK", str(rank))), "torchrun"
-        elif int(environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
-            world, rank = int(environ["SLURM_STEP_NUM_TASKS"]), int(environ["SLURM_PROCID"])
-            local, launcher = int(environ.get("SLURM_LOCALID", "0")), "srun"
-        else:
-            return None
-    except (KeyError, ValueError) as exc:
-        raise ConfigError([f"distributed launch: unusable launcher environment "
-                           f"({exc!r})"]) from None
-    if world > 1 and not 0 <= rank < world:
-        raise ConfigError([f"distributed launch: rank {rank} outside world size {world}"])
-    return Launch(rank, local, world, launcher) if world > 1 else None
-
-
-def _srun_rendezvous(environ: Mapping[str, str]) -> dict[str, str]:
-    """``MASTER_ADDR``/``MASTER_PORT`` for a plain srun step, unless set: the step's first
-    node, and a port derived from the job id (the same in every rank)."""
-    nodes = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST", "localhost")
-    if "[" in nodes or "," in nodes:  # a compressed list: let SLURM expand it
-        nodes = subprocess.run(["scontrol", "show", "hostnames", nodes], check=True,
-                               capture_output=True, text=True).stdout.split()[0]
-    port = 29500 + int(environ.get("SLURM_JOB_ID", "0")) % 10000
-    return {"MASTER_ADDR": environ.get("MASTER_ADDR", nodes),
-            "MASTER_PORT": environ.get("MASTER_PORT", str(port))}
-
-
-@contextmanager
-def process_group(launch: Launch | None, device: torch.device) -> Iterator[torch.device]:
-    """Join the launch's process group for the duration (gloo on CPU, NCCL on CUDA, chosen
-    from the resolved device) and yield this rank's device (``cuda:LOCAL_RANK``).
-    A single process (``launch`` None) gets ``device`` back and no process group."""
-    if launch is None:
-        yield device
-        return
-    if device.type == "cuda":
-        # GPU LOCAL_RANK of the node's; or the only one a rank sees (srun --gpus-per-task=1)
-        visible = torch.cuda.device_count()
-        if launch.local_rank >= visible > 1:
-            raise ConfigError([f"execution.device: one CUDA device per process is needed, but "
-                               f"local rank {launch.local_rank} sees only {visible}"])
-        device = torch.device("cuda", launch.local_rank if visible > 1 else 0)
-        torch.cuda.set_device(device)
-    if launch.launcher == "srun":
-        os.environ.update(_srun_rendezvous(os.environ))
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
-                            rank=launch.rank, world_size=launch.world_size,
-                            device_id=device if device.type == "cuda" else None)
-    try:
-        yield device
-    finally:
-        dist.destroy_process_group()
 
 
 def check_batch_size(batch_size: int, world_size: int) -> None:
@@ -181,26 +55,6 @@ def check_batch_size(batch_size: int, world_size: int) -> None:
         raise ConfigError([f"training.batch_size: {batch_size} is not divisible by the "
                            f"{world_size} training processes (each takes an equal share of "
                            "every batch)"])
-
-
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _global_mean(loss: torch.Tensor, world: int) -> torch.Tensor:
-    """The mean of every rank's (detached) loss: the loss of the global batch."""
-    value = loss.detach().clone()
-    dist.all_reduce(value)
-    return value / world
-
-
-def _rank0_says(flag: bool, device: torch.device) -> bool:
-    """Rank 0's decision, for all ranks (a wall-clock limit must stop them together)."""
-    value = torch.tensor([int(flag)], device=device)
-    dist.broadcast(value, src=0)
-    return bool(value.item())
 
 
 class TrainingDiverged(cli.StepFailed):
@@ -410,7 +264,7 @@ def train_model(cfg: ExperimentConfig, data: PtychoData, device: torch.device,
     global mean; every rank computes the whole validation loss (the same value),
     only rank 0 writes the resume state.
     """
-    rank, world = _rank_and_world()
+    rank, world = rank_and_world()
     t = cfg.training
     if cfg.execution.precision == "float16" and device.type != "cuda":
         raise ConfigError([f"execution.precision: float16 needs a CUDA device (training runs on "
@@ -455,7 +309,7 @@ def train_model(cfg: ExperimentConfig, data: PtychoData, device: torch.device,
             idx = order[(step - 1) * bs + lo:(step - 1) * bs + hi].to(device)
             with precision():
                 loss = loss_of(net, train_set, idx)
-            value = loss if world == 1 else _global_mean(loss, world)  # every rank checks it
+            value = loss if world == 1 else global_mean(loss, world)  # every rank checks it
             if not torch.isfinite(value):
                 raise _diverged(f"training loss became {value.item()} at epoch {epoch}, step "
                                 f"{step} of {steps}", model, last_good, history, scale)
@@ -502,7 +356,7 @@ def train_model(cfg: ExperimentConfig, data: PtychoData, device: torch.device,
             break
         over = bool(t.max_minutes) and elapsed > 60 * t.max_minutes
         if world > 1 and t.max_minutes:  # clocks differ: all stop when rank 0 does
-            over = _rank0_says(over, device)
+            over = rank0_says(over, device)
         if over:
             LOG.warning("stopping after %d epochs: training.max_minutes reached", epoch)
             break

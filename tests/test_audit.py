@@ -24,6 +24,7 @@ import pytest
 
 from conftest import REPO, TINY, clean_env, copy_workflow, jobs_run, run_snakemake, run_step
 from ptycho_torch import audit
+from ptycho_torch.ledger import Ledger, Record
 from ptycho_torch.evidence import (MANIFEST, SELF_HASH, code_version, is_run_id, load_manifest,
                                   manifest_digest, sha256_file)
 
@@ -157,13 +158,13 @@ def test_the_run_index_records_every_step_and_its_manifest(project):
 
 def test_code_version_outside_git_and_in_a_repository_without_commits(tmp_path):
     (tmp_path / "ptycho_torch").mkdir()
-    (tmp_path / "ptycho_torch" / "reports.py").write_text("# tracked\n")
+    (tmp_path / "ptycho_torch" / "evidence.py").write_text("# tracked\n")
     assert code_version(tmp_path) == {"git_commit": "unknown", "dirty": None}
     subprocess.run([*GIT, "-C", str(tmp_path), "init", "-q"], check=True)
     assert code_version(tmp_path) == {"git_commit": "unknown", "dirty": None}  # not "HEAD"
     commit = git_commit_all(tmp_path)
     assert code_version(tmp_path) == {"git_commit": commit, "dirty": False}
-    (tmp_path / "ptycho_torch" / "reports.py").write_text("# edited\n")
+    (tmp_path / "ptycho_torch" / "evidence.py").write_text("# edited\n")
     assert code_version(tmp_path) == {"git_commit": commit, "dirty": True}
 
 
@@ -426,8 +427,8 @@ def test_snakemake_files_are_sealed_and_the_rest_said_not_covered(project, tmp_p
 def test_a_sealed_file_rewritten_by_a_later_step_is_a_warning_not_a_finding():
     """A rule that ran again after the last report rewrote its log: the seal is stale, which
     the audit says (a warning) but does not call tampering."""
-    seal = audit.Record(("2026-01-01T000000Z", "e", "report"), "2026-01-01T00:10:00", "a", 1, True)
-    ledger = audit.Ledger(manifests={
+    seal = Record(("2026-01-01T000000Z", "e", "report"), "2026-01-01T00:10:00", "a", 1, True)
+    ledger = Ledger(manifests={
         ("2026-01-02T000000Z", "e", "infer"): {"started_utc": "2026-01-02T00:00:00",
                                                "products": {"results/e/infer/metrics.json": {}}},
         ("2026-01-02T000000Z", "f", "infer"): {"started_utc": "2026-01-03T00:00:00",

@@ -107,7 +107,7 @@ def test_execution_setup_sets_determinism_without_importing_the_compiler():
     import of ``torch._inductor`` that ``torch.use_deterministic_algorithms`` would."""
     code = ("import sys, torch\n"
             "from ptycho_torch.config import ExecutionConfig\n"
-            "from ptycho_torch.train import setup_execution\n"
+            "from ptycho_torch.execution import setup_execution\n"
             "setup_execution(ExecutionConfig(deterministic=True))\n"
             "on = torch.are_deterministic_algorithms_enabled()\n"
             "setup_execution(ExecutionConfig(deterministic=False))\n"
@@ -122,7 +122,7 @@ FREED_MEMORY = """
 import ctypes, sys
 import torch
 from ptycho_torch.config import ExecutionConfig
-from ptycho_torch.train import setup_execution
+from ptycho_torch.execution import setup_execution
 class Info(ctypes.Structure):  # glibc's struct mallinfo2
     _fields_ = [(k, ctypes.c_size_t) for k in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
                                                "usmblks", "fsmblks", "uordblks", "fordblks",

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, copy_workflow, jobs_run, run_snakemake, run_step
-from ptycho_torch import compare
+from ptycho_torch import compare, comparison, figures
 from ptycho_torch.evidence import RUN_ID_PATTERN, StepReport, load_manifest, sha256_file
 
 EXP = "tiny"
-QUALITY = [f"{p}.{k}" for p in compare.PARTS for k in compare.METRICS]
+QUALITY = [f"{p}.{k}" for p in comparison.PARTS for k in comparison.METRICS]
 BASELINE_RULES = {"baseline_train", "baseline_infer", "iterative", "hybrid", "comparison"}
 
 
@@ -72,7 +72,7 @@ def built(names_files: list[tuple[str, str]]) -> dict:
     rows = [compare.method_entry(name, Path(f"results/{src}/metrics.json"),
                                  Path(f"results/{src}/model.pt"), Path("reports"))
             for name, src in names_files]
-    return compare.build_comparison(rows, EXP)
+    return comparison.build_comparison(rows, EXP)
 
 
 def test_numbers_come_from_the_metrics_files_and_the_step_manifests(two_methods):
@@ -85,15 +85,15 @@ def test_numbers_come_from_the_metrics_files_and_the_step_manifests(two_methods)
     assert a["training"]["patterns"] == 64 and a["training"]["epochs"] == 2
     assert a["evidence"]["training"] == "reports/2026-01-01T000000Z/a/train/manifest.json"
     assert {q: c["winners"][q] for q in QUALITY} == {
-        **{f"amplitude.{k}": ["a"] for k in compare.METRICS},
-        **{f"phase.{k}": ["b"] for k in compare.METRICS}}
+        **{f"amplitude.{k}": ["a"] for k in comparison.METRICS},
+        **{f"phase.{k}": ["b"] for k in comparison.METRICS}}
     assert c["winners"]["training_seconds"] == ["a"]
     assert c["winners"]["reconstruction_seconds"] == ["b"]
     assert c["not_like_for_like"] == []
     assert c["verdict"].startswith("a better on 3 of 6 quality metrics (amplitude PSNR/SSIM/FRC50)")
     assert "training faster with a (1 s vs b 3 s)" in c["verdict"]
     assert "reconstruction faster with b (0.2 s vs a 0.5 s)" in c["verdict"]
-    table = "\n".join(compare.table_lines(c))
+    table = "\n".join(comparison.table_lines(c))
     row = ("| a | a, 64 patterns x 2 epochs | **20** | **0.5** | **0.2** | 10 | 0.3 | 0.1 "
            "| **1** | 0.5 |")
     assert row in table
@@ -123,15 +123,15 @@ def test_unknown_cost_ties_and_unequal_training_are_stated(two_methods):
     rows = [compare.method_entry("a", Path("results/a/metrics.json"), Path("results/a/model.pt"),
                                  Path("reports")),
             compare.method_entry("c", Path("results/c/metrics.json"), None, Path("reports"))]
-    c = compare.build_comparison(rows, EXP)
+    c = comparison.build_comparison(rows, EXP)
     assert rows[1]["reconstruction_seconds"] is None and rows[1]["training"] is None
     assert all(c["winners"][q] == ["a", "c"] for q in QUALITY)  # identical numbers: ties
     assert "tied on amplitude PSNR/SSIM/FRC50, phase PSNR/SSIM/FRC50" in c["verdict"]
-    assert "n/a" in "\n".join(compare.table_lines(c))
+    assert "n/a" in "\n".join(comparison.table_lines(c))
     b = compare.method_entry("b", Path("results/b/metrics.json"), Path("results/b/model.pt"),
                              Path("reports"))
     b["training"]["epochs"] = 5
-    c = compare.build_comparison([rows[0], b], EXP)
+    c = comparison.build_comparison([rows[0], b], EXP)
     assert c["not_like_for_like"] == ["different epochs (a 2, b 5)"]
     assert "NOT like for like: different epochs" in c["verdict"]
 
@@ -147,11 +147,11 @@ def test_time_to_reach_is_the_first_checkpoint_at_or_above_every_target():
     curve = convergence([(1, 0.5, 15.0, 8.0), (2, 1.0, 21.0, 11.0), (4, 2.0, 22.0, 12.5),
                          (8, 4.0, 25.0, 14.0)])
     # amplitude first reaches 20 dB at epoch 2, but phase 12 dB only at epoch 4
-    assert compare.time_to_reach(curve, {"amplitude": 20.0, "phase": 12.0}) == {
+    assert comparison.time_to_reach(curve, {"amplitude": 20.0, "phase": 12.0}) == {
         "reached": True, "epoch": 4, "seconds": 2.0}
-    assert compare.time_to_reach(curve, {"amplitude": 20.0}) == {
+    assert comparison.time_to_reach(curve, {"amplitude": 20.0}) == {
         "reached": True, "epoch": 2, "seconds": 1.0}
-    assert compare.time_to_reach(curve, {"amplitude": 25.1, "phase": 1.0}) == {"reached": False}
+    assert comparison.time_to_reach(curve, {"amplitude": 25.1, "phase": 1.0}) == {"reached": False}
 
 
 def test_the_iterative_curve_is_matched_against_each_other_method(two_methods):
@@ -165,7 +165,7 @@ def test_the_iterative_curve_is_matched_against_each_other_method(two_methods):
     rows = [compare.method_entry(n, Path(f"results/{n}/metrics.json"),
                                  Path(f"results/{n}/model.pt") if n != "it" else None,
                                  Path("reports")) for n in ("a", "b", "it")]
-    c = compare.build_comparison(rows, EXP)
+    c = comparison.build_comparison(rows, EXP)
     got = {q["matches"]: q for q in c["time_to_quality"]}
     assert set(got) == {"a", "b"} and all(q["method"] == "it" for q in got.values())
     assert (got["a"]["epoch"], got["a"]["seconds"]) == (3, 1.5)  # 20 and 10 dB: epoch 3
@@ -173,7 +173,7 @@ def test_the_iterative_curve_is_matched_against_each_other_method(two_methods):
     assert got["a"]["speedup_of_matched"] == pytest.approx(1.5 / 0.5)
     assert got["b"]["speedup_of_matched"] == pytest.approx(0.9 / 0.2)
     assert "it matched a's PSNR after 3 epochs, 1.5 s" in c["verdict"]
-    text = "\n".join(compare.table_lines(c))
+    text = "\n".join(comparison.table_lines(c))
     assert "| it | b's PSNR (amplitude 18 dB, phase 12 dB) | 2 | 0.9 | 0.2 | 4.5 |" in text
 
 
@@ -194,7 +194,7 @@ def test_final_quality_and_break_even_of_a_hybrid(two_methods):
     rows = [compare.method_entry(n, Path(f"results/{n}/metrics.json"),
                                  Path(f) if f else None, Path("reports"))
             for n, f in models.items()]
-    c = compare.build_comparison(rows, EXP)
+    c = comparison.build_comparison(rows, EXP)
     finals = {(f["method"], f["target_of"]): f for f in c["time_to_final_quality"]}
     assert finals["it", "it"]["psnr_db"] == {"amplitude": 19.5, "phase": 11.5}
     assert (finals["it", "it"]["epoch"], finals["it", "it"]["seconds"]) == (3, 1.5)
@@ -208,9 +208,9 @@ def test_final_quality_and_break_even_of_a_hybrid(two_methods):
     assert even["hy", "it"]["scans"] == 2  # 1 s / (1.5 - 0.7 s) = 1.25
     assert even["hy", "it"]["quality"] == "it's final PSNR - 0.5 dB"
     assert "hy reached it's final PSNR - 0.5 dB in 0.7 s" in c["verdict"]
-    text = "\n".join(compare.table_lines(c))
+    text = "\n".join(comparison.table_lines(c))
     assert "| hy | it | it's final PSNR - 0.5 dB | 1 | 0.7 | 1.5 | 2 |" in text
-    slow = compare.break_even([{**rows[0], "reconstruction_seconds": 9.0}],
+    slow = comparison.break_even([{**rows[0], "reconstruction_seconds": 9.0}],
                               c["time_to_quality"], [])
     assert slow[0]["scans"] is None  # slower per scan than it: never pays off
 
@@ -224,13 +224,13 @@ def test_an_unavailable_method_keeps_its_row_and_the_rest_is_compared(two_method
             compare.method_entry("b", Path("results/b/metrics.json"), Path("results/b/model.pt"),
                                  Path("reports")),
             compare.method_entry("it", Path("results/it/metrics.json"), None, Path("reports"))]
-    c = compare.build_comparison(rows, EXP)
+    c = comparison.build_comparison(rows, EXP)
     assert c["unavailable"] == {"it": reason}
     assert all("it" not in c["winners"][q] for q in QUALITY)
     assert c["verdict"].startswith("a better on 3 of 6 quality metrics")
     assert "it not available (pty-chi not installed)" in c["verdict"]
-    assert f"| it | not available: {reason} | n/a | n/a |" in "\n".join(compare.table_lines(c))
-    compare.figure(Path("c.png"), c)
+    assert f"| it | not available: {reason} | n/a | n/a |" in "\n".join(comparison.table_lines(c))
+    figures.comparison(Path("c.png"), c)
     assert Path("c.png").stat().st_size > 5000
 
 
@@ -341,13 +341,13 @@ def test_compare_run_scores_both_methods_and_says_the_iterative_one_is_missing(c
         log = (workdir / f"results/{EXP}/{step}/metrics.json").read_text()
         assert "pty-chi not installed" in log
     for m in c["methods"]:
-        for part in compare.PARTS:
-            assert set(m[part]) == set(compare.METRICS)
+        for part in comparison.PARTS:
+            assert set(m[part]) == set(comparison.METRICS)
         assert m["training_seconds"] > 0 and m["reconstruction_seconds"] > 0
         assert m["training"]["patterns"] == 64 and m["training"]["epochs"] == 2
     assert [m["training"]["mode"] for m in c["methods"]] == ["pinn", "supervised"]
     assert c["not_like_for_like"] == [] and c["verdict"]
-    assert set(c["winners"]) == {*QUALITY, *compare.COSTS}
+    assert set(c["winners"]) == {*QUALITY, *comparison.COSTS}
 
 
 @pytest.mark.slow

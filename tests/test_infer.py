@@ -18,7 +18,8 @@ from conftest import REPO, TINY, copy_workflow, jobs_run, run_snakemake, run_ste
 from ptycho_torch.config_factory import resolve_config
 from ptycho_torch.data import PtychoData, read_cxi, read_npz, write_cxi, write_npz
 from ptycho_torch import physics
-from ptycho_torch.infer import PRODUCTS, ctf_zero_markers, inference_batch, predict_patches
+from ptycho_torch.infer import PRODUCTS, inference_batch, predict_patches
+from ptycho_torch.products import ctf_zero_markers
 from ptycho_torch.infer import main as infer_main
 from ptycho_torch.model import load_model, save_checkpoint
 from ptycho_torch.simulate import simulate_dataset

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ptycho_torch"
-# scoring and stitching know nothing of the network; the config/payload layer neither
-NETWORK_FREE = ("stitch", "quality", "metrics", "likelihood", "config_factory", "config")
+# scoring, stitching and the physics know nothing of the network; the config/payload layer neither
+NETWORK_FREE = ("physics", "likelihood", "stitch", "quality", "metrics", "config_factory",
+                "config")
+NETWORK = ("model", "train", "infer")  # what NETWORK_FREE modules must not reach
 
 
 def _imported(node: ast.AST, modules: frozenset[str]) -> set[str]:
@@ -77,11 +79,38 @@ def reachable(graph: dict[str, set[str]], start: str) -> dict[str, str]:
     return via
 
 
+def step_modules() -> set[str]:
+    """The steps: modules run as ``python -m ptycho_torch.<step>`` (they define ``main`` and
+    run it under ``if __name__ == "__main__"``)."""
+    return {p.stem for p in PACKAGE.glob("*.py")
+            if 'if __name__ == "__main__":' in p.read_text() and "def main(" in p.read_text()}
+
+
+def step_imports(graph: dict[str, set[str]], steps: set[str]) -> list[str]:
+    """Every ``step -> step`` edge of ``graph``, as text."""
+    return sorted(f"{a} -> {b}" for a in steps for b in graph.get(a, set()) & steps)
+
+
 @pytest.mark.parametrize("module", NETWORK_FREE)
-def test_scoring_stitching_and_config_do_not_import_the_network(module):
+def test_scoring_stitching_physics_and_config_do_not_import_the_network(module):
     via = reachable(import_graph(), module)
-    assert "model" not in via, (f"ptycho_torch/{module}.py depends on ptycho_torch.model "
-                                f"(imported by ptycho_torch/{via.get('model')}.py)")
+    for network in NETWORK:
+        assert network not in via, (f"ptycho_torch/{module}.py depends on ptycho_torch.{network} "
+                                    f"(imported by ptycho_torch/{via.get(network)}.py)")
+
+
+def test_no_step_imports_another_step():
+    steps = step_modules()
+    assert {"simulate", "validate", "train", "infer", "iterative", "compare", "report",
+            "studies", "audit"} <= steps
+    assert step_imports(import_graph(), steps) == [], (
+        "a step imports another step: move what they share into a library module")
+
+
+def test_the_step_rule_sees_a_step_importing_a_step():
+    graph = {"infer": {"train", "physics"}, "train": {"physics"}, "physics": set()}
+    assert step_imports(graph, {"infer", "train"}) == ["infer -> train"]
+    assert step_imports(graph, {"infer"}) == []
 
 
 def test_the_package_has_no_import_cycle():

@@ -42,7 +42,7 @@ class TinyStudy:
     key: str
     values: tuple[float, float]
     settings: dict  # what it adds to the tiny experiment
-    record: str  # the metrics.json record of the error (infer.positions_record, probe_record)
+    record: str  # the metrics.json record of the error (products.positions_record, probe_record)
 
     def config(self) -> dict:
         short = {"iterative": {"epochs": 4}, "inference": {"calibration_iterations": 10}}

@@ -446,7 +446,7 @@ def torch_calls(monkeypatch) -> list:
 
 
 def test_device_auto_resolves_to_cpu_without_visible_cuda(torch_calls):
-    from ptycho_torch.train import setup_execution
+    from ptycho_torch.execution import setup_execution
     if os.environ.get("CUDA_VISIBLE_DEVICES") == "":
         assert not torch.cuda.is_available()
     expected = "cuda" if torch.cuda.is_available() else "cpu"
@@ -459,7 +459,7 @@ def test_device_auto_resolves_to_cpu_without_visible_cuda(torch_calls):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_device_cuda_without_cuda_is_a_config_error(torch_calls):
-    from ptycho_torch.train import setup_execution
+    from ptycho_torch.execution import setup_execution
     with pytest.raises(ConfigError, match="execution.device"):
         setup_execution(ExecutionConfig(device="cuda"))
 
