@@ -87,11 +87,10 @@ def predict_patches(model: PtychoPINN, data: PtychoData, cfg: ExperimentConfig,
 
     Each position anchors one group (as in training); its patch is the group's
     first channel, after the overlap constraint when the model has one. The convolutions
-    run in the channels-last memory layout (oneDNN's native one: 1.6x faster on 2 CPU
-    cores, the same numbers to float32 rounding); ``model`` is moved to it. With
-    ``execution.precision`` bfloat16 or float16 the layers run under autocast, as in
-    training (bfloat16 on a CPU with AVX-512 BF16, N = 64, 64 groups a pass: 1.5x faster
-    than float32, patches within -55 dB of float32's).
+    run in the channels-last memory layout (oneDNN's native one; the same numbers to
+    float32 rounding); ``model`` is moved to it. With ``execution.precision`` bfloat16 or
+    float16 the layers run under autocast, as in training (docs/findings.md: speed and
+    accuracy of each).
     """
     groups = group_indices(data.positions_px, cfg.model.gridsize ** 2, cfg.model.n_neighbours,
                            cfg.seed)

@@ -52,8 +52,8 @@ SUBPIXEL_STEPS = 8      # scan positions are multiples of 1/8 px
 NOISE_BLOCK = 256       # patterns per Poisson block (fixed: part of the random stream)
 # Bytes of patches per forward-model batch and of sub-pixel shifted object copies at a
 # time: cache-sized, so each batch is gathered, multiplied, transformed and squared while
-# it is still in cache (20-30 % faster than 16 MiB each, measured side by side; the output
-# does not depend on them).
+# it is still in cache (docs/findings.md has the measurements; the output does not depend
+# on them).
 PATCH_BUDGET = 1 << 20
 SHIFT_BUDGET = 2 << 20
 
@@ -309,7 +309,7 @@ def iter_fourier_patches(obj: torch.Tensor, positions: np.ndarray, N: int, *,
     batched FFTs: per ``fr`` an inverse FFT of the ramped, transposed spectrum along
     the rows, then per pair one along the columns (a grid ``[r, c, H, W]``, made for
     about ``budget`` bytes of ``fr`` rows at a time); transposing in between keeps
-    both FFTs on contiguous memory (several times faster than strided). Each
+    both FFTs on contiguous memory (strided FFTs are much slower). Each
     position's window is then gathered from its pair's copy. Integer positions are
     plain slices of ``obj``. Memory: the spectrum, about ``budget`` and
     ``patch_budget``. The FFTs run on torch's intra-op threads; results do not depend

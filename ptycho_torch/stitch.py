@@ -72,7 +72,7 @@ def synchronise_phases(patches: torch.Tensor, positions: np.ndarray, weight: tor
     form a sparse Hermitian matrix ``H`` (``c_ij ~ |c| e^{i(t_i - t_j)}``); its
     leading eigenvector (Lanczos, from a fixed start: deterministic; to 1e-6, i.e.
     phases to ~1e-7 rad) is ``e^{i t}`` up to one global phase. The overlaps are
-    computed in single precision (relative error ~1e-7, several times faster).
+    computed in single precision (relative error ~1e-7).
     """
     n = len(patches)
     if n < 3:
@@ -101,8 +101,7 @@ def _average(patches: torch.Tensor, pos: torch.Tensor, shape: tuple[int, int],
 
 
 # The calibration's log-amplitude variable is a / AMPLITUDE_UNIT: the amplitude loss is more
-# curved in a than in the phases, and L-BFGS converged faster with this unit (default
-# experiment, 30 steps: 29.54 / 35.46 dB amplitude / phase PSNR; 29.44 / 35.22 with 1.0).
+# curved in a than in the phases, and L-BFGS converges faster with this unit (docs/findings.md).
 AMPLITUDE_UNIT = 0.5
 
 

@@ -104,7 +104,7 @@ def test_frc_figure_marks_the_hologram_zeros_only_where_the_defocus_is_known(sca
 
 
 def test_ptychodus_product_layout(scan, scored):
-    """Every dataset and attribute DESIGN.md lists, with the shapes of the scan it came from;
+    """Every dataset and attribute of the ptychodus product (docs/outputs.md), with the shapes of the scan it came from;
     positions in metres relative to the object centre."""
     d = read_cxi(scan.workdir / "test.cxi")
     n, N, (H, W), px = len(d.counts), d.N, d.object_shape, d.object_pixel_size_m
