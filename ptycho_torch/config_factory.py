@@ -24,7 +24,6 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from ptycho_torch import generators
 from ptycho_torch.config import SCIENCE_SECTIONS, ExecutionConfig, ExperimentConfig
 
 
@@ -190,6 +189,7 @@ def _cross_checks(cfg: ExperimentConfig, bad: set[str] = frozenset()) -> list[st
 
 def _model_training_checks(cfg: ExperimentConfig, ok: Callable[..., bool]) -> list[str]:
     """Options of the network and the training loop that only make sense together."""
+    from ptycho_torch import generators  # here: steps without a network do not depend on it
     m, t, problems = cfg.model, cfg.training, []
     if ok("model.generator") and m.generator not in generators.GENERATORS:
         problems.append(f"model.generator: {m.generator!r} is not a registered generator; known: "

@@ -86,7 +86,7 @@ BAD_CONFIGS = [
     ("misspelt section", {"trainng": {"epochs": 3}}, None, "trainng", "did you mean 'training'"),
     ("misspelt nested section", {"data": {"objekt": {"kind": "grf"}}}, None, "data.objekt",
      "did you mean 'object'"),
-    ("unknown key, no match", {"model": {"zzz": 1}}, None, "model.zzz", "allowed: n_filters_scale"),
+    ("unknown key, no match", {"model": {"zzz": 1}}, None, "model.zzz", "allowed: generator, n_filters_scale"),
     ("bad loss choice", {"training": {"loss": "l2"}}, None, "training.loss", "poisson, mae"),
     ("bad device choice", None, {"execution.device": "tpu"}, "execution.device", "auto, cpu, cuda"),
     ("bad object kind", {"data": {"object": {"kind": "squares"}}}, None, "data.object.kind",

@@ -72,8 +72,8 @@ def step_sources(step: str) -> list[str]:
     """The code whose changes rerun a step (Snakemake cannot see into shell commands):
     `ptycho_torch/<step>.py`, the package modules it imports anywhere, and the modules
     those import at module level, transitively. (Imports inside library functions serve
-    other steps: following them would make e.g. simulate depend on the model.) The
-    generators' registry imports its modules by name, when asked: they count as its imports."""
+    other steps: following them would make e.g. simulate depend on the model.) The modules
+    of the registered generators count as imports of model.py, which builds them by name."""
     todo, seen = [(step, True), ("__init__", False)], set()
     while todo:
         name, everywhere = todo.pop()
@@ -84,7 +84,7 @@ def step_sources(step: str) -> list[str]:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree) if everywhere else tree.body:
             todo += [(module, False) for module in _package_imports(node)]
-        if name == "generators":
+        if name == "model":
             todo += [(target.split(":")[0].split(".")[-1], False)
                      for target in GENERATORS.values() if target.startswith("ptycho_torch.")]
     return sorted(os.path.relpath(PACKAGE / f"{name}.py") for name in seen)
