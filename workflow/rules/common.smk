@@ -85,8 +85,8 @@ def step_sources(step: str) -> list[str]:
         for node in ast.walk(tree) if everywhere else tree.body:
             todo += [(module, False) for module in _package_imports(node)]
         if name == "model":
-            todo += [(target.split(":")[0].split(".")[-1], False)
-                     for target in GENERATORS.values() if target.startswith("ptycho_torch.")]
+            modules = [target.split(":")[0] for target in GENERATORS.values()]
+            todo += [(module.split(".")[-1], False) for module in modules]
     return sorted(os.path.relpath(PACKAGE / f"{name}.py") for name in seen)
 
 
