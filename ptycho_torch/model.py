@@ -49,9 +49,8 @@ def merge_and_reextract(patches: torch.Tensor, offsets: torch.Tensor,
 
     ``patches [B, C, N, N]`` complex, ``offsets [B, C, 2]`` (px, member minus group
     centroid), ``support [N, N]`` real weights of the predicted region (None: 1 on the
-    whole patch). Each group
-    gets its own canvas; the canvases are stacked vertically so one
-    :func:`physics.place_patches` call serves the whole batch. Differentiable.
+    whole patch). Each group gets its own canvas; the canvases are stacked vertically so
+    one :func:`physics.place_patches` call serves the whole batch. Differentiable.
     """
     B, C, N, _ = patches.shape
     M = N + 2 * (int(math.ceil(float(offsets.abs().max()))) + 2)
@@ -176,8 +175,8 @@ def save_checkpoint(path: Path, model: nn.Module, cfg: ExperimentConfig, meta: d
 
 
 def load_model(path: str | Path, cfg: ExperimentConfig) -> PtychoPINN:
-    """The network of checkpoint ``path``, built for ``cfg`` (generator and architecture must
-    match: a checkpoint written before ``model.generator`` existed holds a ``cnn``)."""
+    """The network of checkpoint ``path``, built for ``cfg``: the generator it names (its
+    config's ``model.generator``) and its architecture must match ``cfg``'s."""
     ckpt = load_checkpoint(path)
     trained = ckpt.get("config", {}).get("model", {}).get("generator", ModelConfig.generator)
     if trained != cfg.model.generator:
