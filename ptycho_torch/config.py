@@ -139,6 +139,10 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    generator: str = spec("cnn", "the network from amplitudes to object patches, a name "
+                          "registered in ptycho_torch/generators.py: cnn = an encoder and two "
+                          "decoders, shaped by n_filters_scale, amp_activation, pad_object and "
+                          "probe_big")
     n_filters_scale: int = spec(1, "width multiplier: encoder widths are 16, 32, 64 times this",
                                 lo=1, hi=8)
     amp_activation: str = spec("sigmoid", "activation of the amplitude head",
@@ -261,8 +265,8 @@ class ExecutionConfig:
                           choices=("float32", "bfloat16", "float16"))
     workers: int = spec(0, "data-loader worker processes", lo=0, hi=64)
     inference_batch_size: int = spec(0, "groups per inference forward pass (0 = auto: on the "
-                                     "CPU as many as keep the first layer's activations "
-                                     "within 16 MiB, 64 at N = 64; 256 on CUDA)", lo=0,
+                                     "CPU as many as keep the generator's largest activation "
+                                     "within 16 MiB, 64 at N = 64 with the cnn; 256 on CUDA)", lo=0,
                                      hi=65536)
 
 

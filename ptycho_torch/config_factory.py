@@ -189,7 +189,11 @@ def _cross_checks(cfg: ExperimentConfig, bad: set[str] = frozenset()) -> list[st
 
 def _model_training_checks(cfg: ExperimentConfig, ok: Callable[..., bool]) -> list[str]:
     """Options of the network and the training loop that only make sense together."""
+    from ptycho_torch import generators  # here: steps without a network do not depend on it
     m, t, problems = cfg.model, cfg.training, []
+    if ok("model.generator") and m.generator not in generators.GENERATORS:
+        problems.append(f"model.generator: {m.generator!r} is not a registered generator; known: "
+                        f"{', '.join(generators.GENERATORS)} (ptycho_torch/generators.py)")
     if ok("training.epochs", "training.init_model") and t.epochs == 0 and not t.init_model:
         problems.append("training.epochs: 0 trains nothing, and training.init_model is not set: "
                         "the model would keep its random initial weights; set training.epochs "

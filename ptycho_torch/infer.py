@@ -32,7 +32,8 @@ from ptycho_torch.config_factory import create_inference_payload
 from ptycho_torch.data import PtychoData, read_data
 from ptycho_torch.grouping import group_indices, relative_offsets
 from ptycho_torch.likelihood import ValidPixels
-from ptycho_torch.model import PtychoPINN, autocast, first_width, input_scale, load_model
+from ptycho_torch.generators import generator_class
+from ptycho_torch.model import PtychoPINN, autocast, input_scale, load_model
 from ptycho_torch.evidence import StepReport
 from ptycho_torch.products import (evaluate, write_figures, write_ptychodus,
                                    write_reconstruction_npz)
@@ -63,20 +64,20 @@ class Reconstruction:
         return sum(self.seconds[p] for p in RECONSTRUCTION_PARTS)
 
 
-ACTIVATION_BUDGET = 16 << 20  # bytes of first-layer activations per CPU inference batch
+ACTIVATION_BUDGET = 16 << 20  # bytes of the generator's largest activation per CPU batch
 
 
 def inference_batch(cfg: ExperimentConfig, device: torch.device) -> int:
     """Groups per forward pass: ``execution.inference_batch_size``, or for 0 (auto) 256 on
-    CUDA and on the CPU as many as keep the first convolution's output ``[b, 16 x
-    n_filters_scale, N, N]`` float32 within :data:`ACTIVATION_BUDGET` (64 at N = 64, 256 at
-    N = 32). Larger CPU batches fall out of the cache: N = 64 on 2 cores took 1.5 s with 64
-    groups and 3.1 s with 256, with the same numbers."""
+    CUDA and on the CPU as many as keep the generator's largest activation (its
+    ``activation_bytes``: for the CNN the first convolution's output ``[b, 16 x
+    n_filters_scale, N, N]`` float32) within :data:`ACTIVATION_BUDGET` (64 at N = 64, 256 at
+    N = 32). Larger CPU batches fall out of the cache: slower, with the same numbers."""
     if cfg.execution.inference_batch_size:
         return cfg.execution.inference_batch_size
     if device.type == "cuda":
         return 256
-    per_group = first_width(cfg.model) * cfg.data.N ** 2 * 4  # float32 bytes
+    per_group = generator_class(cfg.model.generator).activation_bytes(cfg.model, cfg.data.N)
     return max(1, ACTIVATION_BUDGET // per_group)
 
 

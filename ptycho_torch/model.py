@@ -1,10 +1,11 @@
-"""The PtychoPINN network, its physics-informed loss and its checkpoint (writing, loading).
+"""The PtychoPINN physics wrapper, its physics-informed loss and its checkpoint (writing, loading).
 
-The CNN maps a group of ``C = gridsize^2`` normalised diffraction amplitudes
-``[B, C, N, N]`` to complex object patches ``[B, C, N, N]``: one encoder, two
-decoders (amplitude with a bounded activation, phase ``pi * tanh``). With
-``object_big`` the C patches are merged on one canvas at their offsets and
-re-extracted (the real-space overlap constraint), so neighbours must agree. The
+:class:`PtychoPINN` holds a generator (``model.generator``, :mod:`ptycho_torch.generators`:
+the network that maps a group of ``C = gridsize^2`` normalised diffraction amplitudes
+``[B, C, N, N]`` to complex object patches ``[B, C, N, N]``; no layer of it is defined
+here) and the physics around it: the probe, the intensity scale, the overlap constraint
+and the forward model. With ``object_big`` the C patches are merged on one canvas at their
+offsets and re-extracted (the real-space overlap constraint), so neighbours must agree. The
 loss never sees the object: the patches go through the same far-field forward
 model as the simulator (:func:`ptycho_torch.physics.forward_intensity`) and the
 predicted counts are compared with the measured counts, on the pixels that measure
@@ -29,7 +30,7 @@ import contextlib
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,112 +39,53 @@ from torch import nn
 from ptycho_torch import physics
 from ptycho_torch.config import ExperimentConfig, ModelConfig
 from ptycho_torch.config_factory import ConfigError, load_checkpoint
+from ptycho_torch.generators import build_generator
 from ptycho_torch.likelihood import LOSSES, ValidPixels
 
 
-def _block(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(),
-                         nn.Conv2d(c_out, c_out, 3, padding=1), nn.ReLU())
-
-
-def _phase_activation(x: torch.Tensor) -> torch.Tensor:
-    return math.pi * torch.tanh(x)
-
-
-class Decoder(nn.Module):
-    """Bottleneck ``[B, 4w, N/8, N/8]`` -> one real map ``[B, C, N, N]`` through ``activation``.
-
-    Without ``pad`` the map is predicted at full size. With ``pad`` (``pad_object``) only
-    the central N/2 x N/2 is predicted and the border is 0, unless ``ring`` (``probe_big``:
-    the ``[N, N]`` 0/1 mask of the border) is given: then a second path, one more
-    upsampling block from the N/2 features, fills the border. The activation runs in
-    float32 (also under mixed-precision autocast).
-    """
-
-    def __init__(self, w: int, c_out: int, activation: Callable[[torch.Tensor], torch.Tensor],
-                 pad: bool, ring: torch.Tensor | None = None):
-        super().__init__()
-        widths = [4 * w, 2 * w, w] + ([] if pad else [w])
-        layers: list[nn.Module] = []
-        for c_in, c in zip(widths[:-1], widths[1:]):
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), _block(c_in, c)]
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Conv2d(widths[-1], c_out, 1)
-        self.activation, self.pad = activation, pad
-        self.outer = None
-        if ring is not None:
-            self.outer = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
-                                       _block(w, w), nn.Conv2d(w, c_out, 1))
-            self.register_buffer("ring", ring, persistent=False)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        features = self.body(z)
-        out = self.activation(self.head(features).float())
-        if not self.pad:
-            return out
-        q = out.shape[-1] // 2  # the centre is N/2 wide: N/4 of zeros on each side
-        out = nn.functional.pad(out, (q, q, q, q))
-        if self.outer is None:
-            return out
-        return out + self.ring * self.activation(self.outer(features).float())
-
-
 def merge_and_reextract(patches: torch.Tensor, offsets: torch.Tensor,
-                        support: torch.Tensor) -> torch.Tensor:
+                        support: torch.Tensor | None = None) -> torch.Tensor:
     """Overlap constraint: average a group's patches on one canvas, extract them again.
 
     ``patches [B, C, N, N]`` complex, ``offsets [B, C, 2]`` (px, member minus group
-    centroid), ``support [N, N]`` real weights of the predicted region. Each group
-    gets its own canvas; the canvases are stacked vertically so one
-    :func:`physics.place_patches` call serves the whole batch. Differentiable.
+    centroid), ``support [N, N]`` real weights of the predicted region (None: 1 on the
+    whole patch). Each group gets its own canvas; the canvases are stacked vertically so
+    one :func:`physics.place_patches` call serves the whole batch. Differentiable.
     """
     B, C, N, _ = patches.shape
     M = N + 2 * (int(math.ceil(float(offsets.abs().max()))) + 2)
     pos = offsets.to(torch.float64) + M / 2
     pos[..., 0] += M * torch.arange(B, device=pos.device)[:, None]
     pos = pos.reshape(B * C, 2)
-    w = support.to(patches.real.dtype)
+    w = (torch.ones(N, N, device=patches.device) if support is None else support).to(
+        patches.real.dtype)
     num = physics.place_patches((patches * w).reshape(B * C, N, N), pos, (B * M, M))
     den = physics.place_patches(w.expand(B * C, N, N), pos, (B * M, M))
     merged = num / den.clamp_min(1e-3)
     return physics.extract_patches(merged, pos, N).reshape(B, C, N, N)
 
 
-def first_width(cfg: ModelConfig) -> int:
-    """Channels of the encoder's first block (16 x ``n_filters_scale``; then 2x and 4x that)."""
-    return 16 * cfg.n_filters_scale
-
-
 class PtychoPINN(nn.Module):
     """Group amplitudes ``[B, C, N, N]`` (+ offsets ``[B, C, 2]``) -> patches ``[B, C, N, N]``.
 
-    With ``cfg.probe_trainable`` the probe is a parameter, initialised from ``probe``
-    (complex ``[N, N]``, the training data's; None: zeros, for ``load_state_dict`` to
-    fill): ``probe`` ``[N, N, 2]`` (real, imaginary) in units of the buffer
-    ``probe_unit``, the initial probe's RMS amplitude, so that optimiser steps are
-    relative to the probe's size. With ``cfg.intensity_scale_trainable`` the parameter
-    ``log_intensity_scale`` (scalar, 0 at the start) is ``log s``. Both are saved in the
-    checkpoint (:meth:`predicted_counts` says how they enter).
+    ``generator`` (its parameters' prefix: ``generator.``) predicts the patches: given, or
+    else built from the registry for ``cfg.generator``; with ``cfg.object_big`` and C > 1
+    they then pass the overlap constraint (:func:`merge_and_reextract`, weighted by the
+    generator's ``support`` when it has one). With ``cfg.probe_trainable`` the probe is a
+    parameter, initialised from ``probe`` (complex ``[N, N]``, the training data's; None:
+    zeros, for ``load_state_dict`` to fill): ``probe`` ``[N, N, 2]`` (real, imaginary) in
+    units of the buffer ``probe_unit``, the initial probe's RMS amplitude, so that optimiser
+    steps are relative to the probe's size. With ``cfg.intensity_scale_trainable`` the
+    parameter ``log_intensity_scale`` (scalar, 0 at the start) is ``log s``. Both are saved
+    in the checkpoint (:meth:`predicted_counts` says how they enter).
     """
 
-    def __init__(self, cfg: ModelConfig, N: int, probe: torch.Tensor | None = None):
+    def __init__(self, cfg: ModelConfig, N: int, probe: torch.Tensor | None = None,
+                 generator: nn.Module | None = None):
         super().__init__()
-        w, channels = first_width(cfg), cfg.gridsize ** 2
-        self.N, self.object_big = N, cfg.object_big and channels > 1
-        centre = torch.zeros(N, N)
-        q = N // 4 if cfg.pad_object else 0
-        centre[q:N - q, q:N - q] = 1
-        ring = 1 - centre if cfg.pad_object and cfg.probe_big else None
-        # the predicted region, weighting the overlap constraint's average
-        self.register_buffer("support", centre if ring is None else torch.ones(N, N),
-                             persistent=False)
-        self.encoder = nn.Sequential(_block(channels, w), nn.MaxPool2d(2),
-                                     _block(w, 2 * w), nn.MaxPool2d(2),
-                                     _block(2 * w, 4 * w), nn.MaxPool2d(2))
-        amp_activation = {"sigmoid": torch.sigmoid, "softplus": nn.functional.softplus,
-                          "silu": nn.functional.silu}[cfg.amp_activation]
-        self.amplitude = Decoder(w, channels, amp_activation, cfg.pad_object, ring)
-        self.phase = Decoder(w, channels, _phase_activation, cfg.pad_object, ring)
+        self.N, self.object_big = N, cfg.object_big and cfg.gridsize > 1
+        # before the probe: the generator's initial weights are the first random numbers
+        self.generator = build_generator(cfg, N) if generator is None else generator
         self.probe = None
         if cfg.probe_trainable:
             init = torch.zeros(N, N, dtype=torch.complex64) if probe is None else probe
@@ -155,10 +97,9 @@ class PtychoPINN(nn.Module):
                                     if cfg.intensity_scale_trainable else None)
 
     def forward(self, amplitudes: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        z = self.encoder(amplitudes)
-        patch = torch.polar(self.amplitude(z), self.phase(z))
+        patch = self.generator(amplitudes)
         if self.object_big:
-            patch = merge_and_reextract(patch, offsets, self.support)
+            patch = merge_and_reextract(patch, offsets, getattr(self.generator, "support", None))
         return patch
 
     def effective_probe(self, probe: torch.Tensor) -> torch.Tensor:
@@ -194,8 +135,8 @@ class PtychoPINN(nn.Module):
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """Mixed precision for the network's layers (``execution.precision``): autocast to
-    bfloat16 or float16 on ``device``; ``float32`` runs as is. The decoders' outputs, the
-    forward model and the loss stay float32 (:class:`Decoder` casts before activating)."""
+    bfloat16 or float16 on ``device``; ``float32`` runs as is. The generator's outputs, the
+    forward model and the loss stay float32 (the CNN's decoders cast before activating)."""
     if precision == "float32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=getattr(torch, precision))
@@ -234,10 +175,17 @@ def save_checkpoint(path: Path, model: nn.Module, cfg: ExperimentConfig, meta: d
 
 
 def load_model(path: str | Path, cfg: ExperimentConfig) -> PtychoPINN:
-    """The network of checkpoint ``path``, built for ``cfg`` (architecture must match)."""
+    """The network of checkpoint ``path``, built for ``cfg``: the generator it names (its
+    config's ``model.generator``) and its architecture must match ``cfg``'s."""
+    ckpt = load_checkpoint(path)
+    trained = ckpt.get("config", {}).get("model", {}).get("generator", ModelConfig.generator)
+    if trained != cfg.model.generator:
+        raise ConfigError([f"model.generator: {path} holds a {trained!r} generator, but "
+                           f"{cfg.model.generator!r} is configured (a checkpoint loads only "
+                           "into the generator it was trained with)"])
     model = PtychoPINN(cfg.model, cfg.data.N)
     try:
-        model.load_state_dict(load_checkpoint(path)["state_dict"])
+        model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
         raise ConfigError([f"model: {path} does not match the configured architecture "
                            f"(model.*, data.N): {str(exc).splitlines()[0]}"]) from None

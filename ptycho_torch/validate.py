@@ -114,9 +114,10 @@ def _leaves(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def init_model_problems(cfg: ExperimentConfig) -> list[str]:
     """``training.init_model`` must be a checkpoint of the configured network: same
-    ``data.N`` and ``model.amp_activation`` (weights would load but mean something else)
-    and weights that load into the configured ``model.*`` (the message names every
-    ``model.*`` setting that differs). Reads the checkpoint with ``weights_only=True``."""
+    ``model.generator``, ``data.N`` and ``model.amp_activation`` (weights would not load,
+    or load but mean something else) and weights that load into the configured ``model.*``
+    (the message names every ``model.*`` setting that differs). Reads the checkpoint with
+    ``weights_only=True``."""
     path = cfg.training.init_model
     if not path:
         return []
@@ -129,7 +130,8 @@ def init_model_problems(cfg: ExperimentConfig) -> list[str]:
               if (k.startswith("model.") or k == "data.N") and ours[k] != theirs.get(k)}
     problems = [f"{k}: {here!r} here, but training.init_model {path} was trained with "
                 f"{there!r} (fine-tuning needs the same network)"
-                for k, (here, there) in differ.items() if k in ("data.N", "model.amp_activation")]
+                for k, (here, there) in differ.items()
+                if k in ("model.generator", "data.N", "model.amp_activation")]
     if problems:
         return problems
     try:

@@ -1,5 +1,5 @@
-"""The package's structure: which modules may depend on which (parsed with ``ast``, nothing
-imported).
+"""The package's structure: which modules may depend on which (parsed with ``ast``; of the
+package only the generators' registry is imported, for the names of their modules).
 
 An edge ``a -> b`` is any import of ``ptycho_torch.b`` anywhere in ``ptycho_torch/a.py``: at
 module level, inside functions (lazy imports are still dependencies: they run whenever the
@@ -15,11 +15,17 @@ from pathlib import Path
 
 import pytest
 
+from ptycho_torch.generators import GENERATORS
+
 PACKAGE = Path(__file__).resolve().parents[1] / "ptycho_torch"
 # scoring, stitching and the physics know nothing of the network; the config/payload layer neither
 NETWORK_FREE = ("physics", "likelihood", "stitch", "quality", "metrics", "config_factory",
                 "config")
-NETWORK = ("model", "train", "infer")  # what NETWORK_FREE modules must not reach
+# the network (the physics wrapper and the generators' modules: the registry,
+# ptycho_torch/generators.py, names them as text and imports them only when asked) and the
+# steps that run it
+NETWORK = ("model", "train", "infer") + tuple(target.split(":")[0].split(".")[-1]
+                                              for target in GENERATORS.values())
 
 
 def _imported(node: ast.AST, modules: frozenset[str]) -> set[str]:

@@ -231,7 +231,7 @@ def test_probe_big_fills_only_the_border_outside_the_predicted_centre():
     big = PtychoPINN(dataclasses.replace(cfg.model, probe_big=True), N)
     with torch.no_grad():
         first = big(x, offsets)[0, 0]
-        for decoder in (big.amplitude, big.phase):  # change only the second path
+        for decoder in (big.generator.amplitude, big.generator.phase):  # only the 2nd path
             decoder.outer[-1].bias += 1.0
         second = big(x, offsets)[0, 0]
     assert first[border].abs().min() > 0  # the border is predicted, not zero
@@ -399,7 +399,7 @@ def test_bfloat16_autocast_runs_the_network_in_bfloat16_and_trains(tiny, monkeyp
 
     class Recording(PtychoPINN):
         def forward(self, amplitudes, offsets):
-            seen.append(self.encoder(amplitudes).dtype)
+            seen.append(self.generator.encoder(amplitudes).dtype)
             out = super().forward(amplitudes, offsets)
             seen.append(out.dtype)
             return out
@@ -470,7 +470,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_model(tiny, tmp_path, m
             Diverging.calls += 1
             if Diverging.calls == 2 * steps + 2:
                 with torch.no_grad():
-                    self.encoder[0][0].weight.view(-1)[0] = math.inf
+                    self.generator.encoder[0][0].weight.view(-1)[0] = math.inf
             return super().forward(amplitudes, offsets)
 
     monkeypatch.setattr(train, "PtychoPINN", Diverging)

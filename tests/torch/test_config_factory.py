@@ -9,15 +9,14 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from ptycho_torch import config_factory as cf
-from ptycho_torch.config import ExecutionConfig, ExperimentConfig, ModelConfig
+from ptycho_torch.config import ExecutionConfig, ExperimentConfig
 from ptycho_torch.config_factory import (ConfigError, config_hash, create_inference_payload,
                                          create_training_payload, parse_set_option,
                                          payload_from_json, payload_to_json, resolve_config)
@@ -86,7 +85,7 @@ BAD_CONFIGS = [
     ("misspelt section", {"trainng": {"epochs": 3}}, None, "trainng", "did you mean 'training'"),
     ("misspelt nested section", {"data": {"objekt": {"kind": "grf"}}}, None, "data.objekt",
      "did you mean 'object'"),
-    ("unknown key, no match", {"model": {"zzz": 1}}, None, "model.zzz", "allowed: n_filters_scale"),
+    ("unknown key, no match", {"model": {"zzz": 1}}, None, "model.zzz", "allowed: generator, n_filters_scale"),
     ("bad loss choice", {"training": {"loss": "l2"}}, None, "training.loss", "poisson, mae"),
     ("bad device choice", None, {"execution.device": "tpu"}, "execution.device", "auto, cpu, cuda"),
     ("bad object kind", {"data": {"object": {"kind": "squares"}}}, None, "data.object.kind",

@@ -29,6 +29,7 @@ from snakemake.utils import validate
 from ptycho_torch.config import SCIENCE_SECTIONS, ExperimentConfig
 from ptycho_torch.config_factory import ConfigError, resolve_config
 from ptycho_torch.evidence import is_run_id, new_run_id
+from ptycho_torch.generators import GENERATORS
 from ptycho_torch.studies import point_configs
 
 
@@ -71,7 +72,8 @@ def step_sources(step: str) -> list[str]:
     """The code whose changes rerun a step (Snakemake cannot see into shell commands):
     `ptycho_torch/<step>.py`, the package modules it imports anywhere, and the modules
     those import at module level, transitively. (Imports inside library functions serve
-    other steps: following them would make e.g. simulate depend on the model.)"""
+    other steps: following them would make e.g. simulate depend on the model.) The modules
+    of the registered generators count as imports of model.py, which builds them by name."""
     todo, seen = [(step, True), ("__init__", False)], set()
     while todo:
         name, everywhere = todo.pop()
@@ -82,6 +84,9 @@ def step_sources(step: str) -> list[str]:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree) if everywhere else tree.body:
             todo += [(module, False) for module in _package_imports(node)]
+        if name == "model":
+            modules = [target.split(":")[0] for target in GENERATORS.values()]
+            todo += [(module.split(".")[-1], False) for module in modules]
     return sorted(os.path.relpath(PACKAGE / f"{name}.py") for name in seen)
 
 
