@@ -19,7 +19,7 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-include: "workflow/rules/common.smk"  # checks the config, sets the run id and the helpers
+include: "workflow/rules/common.smk"  # checks the config, sets the run id and the shared helpers
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/validate.smk"
 include: "workflow/rules/train.smk"
