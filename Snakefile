@@ -19,7 +19,7 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-include: "workflow/rules/common.smk"  # checks the config, sets the run id and the helpers
+include: "workflow/rules/common.smk"  # checks the config, sets the run id and the shared helpers
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/validate.smk"
 include: "workflow/rules/train.smk"
@@ -42,6 +42,38 @@ rule all:
     default_target: True
     input:
         rules.report.output,
+
+
+def where_results_are() -> str:
+    """What `onsuccess` prints."""
+    ran = Path("reports", RUN_ID).is_dir()
+    return "\n".join(
+        [
+            f"ptycho_torch: experiment {EXP!r}",
+            f"  reconstruction: {result('infer', 'reconstruction.h5')}",
+            f"  figures:        {result('infer', 'reconstruction.png')}, {result('train', 'loss.png')}",
+            f"  metrics:        {result('infer', 'metrics.json')}",
+            *(
+                [
+                    f"  comparison:     {result('compare', 'comparison.md')} (PINN, supervised baseline, iterative)"
+                ]
+                if Path(result("compare", "comparison.md")).is_file()
+                else []
+            ),
+            *(
+                [f"  infer_file:     {INFER_FILE_DIR}/ ({INFER_FILE_DATA}, infer.smk)"]
+                if INFER_FILE_DATA and Path(INFER_FILE_DIR).is_dir()
+                else []
+            ),
+            f"  report:         {result('report', 'index.md')}",
+            (
+                f"  evidence:       reports/{RUN_ID}/ (this run)"
+                if ran
+                else "  evidence:       nothing ran in this invocation; see reports/latest/"
+            ),
+            "  latest run:     reports/latest/index.md",
+        ]
+    )
 
 
 onsuccess:

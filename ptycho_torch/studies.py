@@ -1,6 +1,6 @@
-"""Studies: one experiment per value of a setting (:func:`point_configs`, used by
-workflow/rules/studies.smk), and the step gathering their method comparisons into
-quality-vs-setting tables and a plot.
+"""Studies: the step gathering the method comparisons of a study's experiments (one per
+value of a setting, :mod:`ptycho_torch.study_points`) into quality-vs-setting tables and a
+plot.
 
 ``python -m ptycho_torch.studies --config-json JSON --key data.nphotons
 --point 1000.0 results/dose_nphotons_1e3/compare/comparison.json --point ... --out-dir
@@ -23,13 +23,11 @@ The numbers are each comparison's own (one seed per value, no error bars).
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import io
 import json
 import logging
 import math
-import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -37,55 +35,13 @@ from typing import Any, Callable
 from ptycho_torch import cli
 from ptycho_torch.comparison import COSTS, LABELS, METRICS, PARTS, UNITS
 from ptycho_torch.config import ExperimentConfig
-from ptycho_torch.config_factory import ConfigError, resolve_config, set_path
+from ptycho_torch.config_factory import ConfigError
 from ptycho_torch.evidence import StepReport
 from ptycho_torch.files import write_atomic
 from ptycho_torch.formatting import number
 
 LOG = logging.getLogger("ptycho_torch")
 PRODUCTS = ("quality.json", "quality.csv", "quality.md", "quality.png")
-
-
-def value_label(value: Any) -> str:
-    """A studied value as part of a name: 1.0e+3 -> 1e3, 1500.0 -> 1p5e3, 168 -> 168,
-    0.25 -> 0p25, -3 -> m3, True -> true (letters, digits only)."""
-    if isinstance(value, float) and abs(value) >= 1000 and value.is_integer():
-        text = f"{value:.15e}"
-        mantissa, exponent = text.split("e")
-        text = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-    else:
-        text = f"{value:g}" if isinstance(value, float) else str(value).lower()
-    text = re.sub(r"e\+?(-?)0*(\d)", r"e\1\2", text)
-    return re.sub(r"[^A-Za-z0-9]", "", text.replace(".", "p").replace("-", "m"))
-
-
-def point_configs(cfg: dict[str, Any], workflow_keys: frozenset[str]
-                  ) -> dict[str, tuple[Any, dict[str, Any]]]:
-    """The experiments of the study in the Snakemake config ``cfg`` (its ``study`` setting):
-    ``{name: (value, config)}`` in the order of ``study.values``, each config ``cfg``
-    without ``study``, with the value set and ``experiment`` =
-    ``<experiment>_<last part of the key>_<value label>``. Raises :class:`ConfigError`
-    naming ``study.values[i]`` for every value whose experiment is invalid."""
-    key, values = cfg["study"]["key"], cfg["study"]["values"]
-    points: dict[str, tuple[Any, dict[str, Any]]] = {}
-    problems = (["study.key: the experiment name is set per value, it cannot be studied"]
-                if key == "experiment" else [])
-    for i, value in enumerate(values):
-        name = f"{cfg['experiment']}_{key.rsplit('.', 1)[-1]}_{value_label(value)}"
-        point = copy.deepcopy({k: v for k, v in cfg.items() if k != "study"})
-        try:
-            set_path(point, key, value)
-            point["experiment"] = name
-            resolve_config({k: v for k, v in point.items() if k not in workflow_keys})
-        except ConfigError as exc:
-            problems += [f"study.values[{i}] = {value!r}: {p}" for p in exc.problems]
-        if name in points:
-            problems.append(f"study.values[{i}] = {value!r}: the experiment name {name!r} "
-                            "comes twice (the values must differ)")
-        points[name] = (value, point)
-    if problems:
-        raise ConfigError(problems)
-    return points
 
 
 def read_point(value: Any, path: Path) -> dict[str, Any]:

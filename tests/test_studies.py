@@ -1,8 +1,8 @@
 """Studies: one experiment per value (config/studies/*.yaml, workflow/rules/studies.smk,
-ptycho_torch/studies.py). A dry run of every shipped study, the refusal of an invalid value,
-and two tiny studies run end to end with all four methods (pty-chi included), a tiny
-position-error study with position correction and a tiny probe-error study with probe
-refinement: the table, the plot, each value's evidence under its own experiment, the
+ptycho_torch/study_points.py, ptycho_torch/studies.py). A dry run of every shipped study, the
+refusal of an invalid value, and two tiny studies run end to end with all four methods (pty-chi
+included), a tiny position-error study with position correction and a tiny probe-error study
+with probe refinement: the table, the plot, each value's evidence under its own experiment, the
 errors each value's methods report, and a clean audit."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from conftest import REPO, TINY, clean_env, copy_workflow, jobs_run, run_snakema
 from ptycho_torch import iterative
 from ptycho_torch.config_factory import ConfigError
 from ptycho_torch.evidence import RUN_ID_PATTERN, load_manifest
-from ptycho_torch.studies import point_configs, value_label
+from ptycho_torch.study_points import point_configs, value_label
 
 STUDIES = sorted((REPO / "config" / "studies").glob("*.yaml"))
 POINT_RULES = ("simulate", "validate", "train", "infer", "baseline_train", "baseline_infer",

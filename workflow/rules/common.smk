@@ -1,4 +1,5 @@
-"""Shared by all rules: config checks, the run id, paths and parameter helpers.
+"""Shared by several rule files (config checks, the run id, paths and parameter helpers).
+What one stage alone uses is defined in its own rule file, beside its rules.
 
 Rerun policy. Snakemake reruns a job when an output is missing or older than an
 input whose content changed (mtime), or when its input list, its `params` or its
@@ -15,7 +16,6 @@ unformatted `shell:` text changed. So:
 
 import ast
 import dataclasses
-import importlib.metadata
 import json
 import os
 import shlex
@@ -30,7 +30,6 @@ from ptycho_torch.config import SCIENCE_SECTIONS, ExperimentConfig
 from ptycho_torch.config_factory import ConfigError, resolve_config
 from ptycho_torch.evidence import is_run_id, new_run_id
 from ptycho_torch.generators import GENERATORS
-from ptycho_torch.studies import point_configs
 
 
 def workflow_keys(schema_file: Path) -> frozenset[str]:
@@ -142,53 +141,6 @@ def set_args(section: str) -> str:
     )
 
 
-def comparison_for_report(wanted: bool) -> dict[str, list[str]]:
-    """The comparison products a report embeds (made by compare.smk): ``{"json": [...],
-    "figures": [...]}``, both empty unless ``wanted`` (the report rule: compare_baseline)."""
-    return {
-        "json": [result("compare", "comparison.json")] if wanted else [],
-        "figures": [result("compare", "comparison.png")] if wanted else [],
-    }
-
-
-def comparison_arg(wildcards, input) -> str:
-    """`--comparison FILE` for the report command when the rule has a comparison input."""
-    files = [input.comparison] if isinstance(input.comparison, str) else input.comparison
-    return " ".join(f"--comparison {shlex.quote(f)}" for f in files)
-
-
-def where_results_are() -> str:
-    """What `onsuccess` prints."""
-    ran = Path("reports", RUN_ID).is_dir()
-    return "\n".join(
-        [
-            f"ptycho_torch: experiment {EXP!r}",
-            f"  reconstruction: {result('infer', 'reconstruction.h5')}",
-            f"  figures:        {result('infer', 'reconstruction.png')}, {result('train', 'loss.png')}",
-            f"  metrics:        {result('infer', 'metrics.json')}",
-            *(
-                [
-                    f"  comparison:     {result('compare', 'comparison.md')} (PINN, supervised baseline, iterative)"
-                ]
-                if Path(result("compare", "comparison.md")).is_file()
-                else []
-            ),
-            *(
-                [f"  infer_file:     {INFER_FILE_DIR}/ ({INFER_FILE_DATA}, infer.smk)"]
-                if INFER_FILE_DATA and Path(INFER_FILE_DIR).is_dir()
-                else []
-            ),
-            f"  report:         {result('report', 'index.md')}",
-            (
-                f"  evidence:       reports/{RUN_ID}/ (this run)"
-                if ran
-                else "  evidence:       nothing ran in this invocation; see reports/latest/"
-            ),
-            "  latest run:     reports/latest/index.md",
-        ]
-    )
-
-
 WORKFLOW_KEYS = workflow_keys(Path(workflow.basedir, "workflow/schemas/config.schema.yaml"))
 check_config(config)  # first: it lists every problem, the schema only the first one
 validate(config, "../schemas/config.schema.yaml")  # the same checks; fills in defaults
@@ -231,127 +183,3 @@ SCIENCE = config_json(*SCIENCE_SECTIONS)
 # too when the report embeds the comparison) and a study's points (studies.smk).
 PIPELINE_STEPS = ("simulate", "validate", "train", "infer")
 COMPARISON_STEPS = ("baseline_train", "baseline_infer", "iterative", "hybrid", "compare")
-
-
-# ---------------------------------------------------------------- the data step (simulate.smk)
-
-SIMULATION_ONLY = ("nphotons", "object", "probe", "scan", "detector")  # data keys it ignores
-
-
-def measured_files() -> list[str]:
-    """The measured data files of `data.source: file` (none when simulating)."""
-    d = config["data"]
-    return [f for f in (d["train_file"], d["test_file"]) if f] if d["source"] == "file" else []
-
-
-def data_step_config() -> str:
-    """The settings the data step reads, as one JSON object for --config-json."""
-    if config["data"]["source"] != "file":
-        return config_json("experiment", "seed", "data")
-    data = {k: v for k, v in config["data"].items() if k not in SIMULATION_ONLY}
-    return json.dumps(
-        {"experiment": EXP, "seed": config["seed"], "data": data},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-
-
-# ---------------------------------------------------------------- inference (infer.smk)
-
-INFER_FIGURES = {  # output name -> (file, caption)
-    "figure": ("reconstruction.png", "../report/reconstruction.rst"),
-    "frc": ("frc.png", "../report/frc.rst"),
-    "scan": ("scan_positions.png", "../report/scan_positions.rst"),
-    "quality": ("quality.png", "../report/quality.rst"),  # no ground truth needed (quality.py)
-}
-
-
-# snakemake infer_file --config infer_file_data=PATH [infer_file_model=PATH]
-INFER_FILE_DATA = config["infer_file_data"]  # "" = the target is not configured
-INFER_FILE_MODEL = config["infer_file_model"]  # "" = this experiment's trained model
-INFER_FILE_DIR = result("infer_file", Path(INFER_FILE_DATA).stem or "unset")
-
-
-def infer_file_inputs(wildcards) -> dict[str, str]:
-    """Model and data of the infer_file target (plus the training history with this
-    experiment's model), checked when the target is asked for, before anything runs: a
-    missing setting or file stops Snakemake with a message naming the config key and path."""
-    if not INFER_FILE_DATA:
-        raise WorkflowError(
-            "infer_file_data: not set; name the data file to reconstruct (CXI "
-            "or PtychoPINN .npz): snakemake infer_file --config "
-            "infer_file_data=PATH [infer_file_model=PATH]"
-        )
-    problems = [
-        f"{key}: {path} not found (relative paths start at {Path.cwd()})"
-        for key, path in (
-            ("infer_file_data", INFER_FILE_DATA),
-            ("infer_file_model", INFER_FILE_MODEL),
-        )
-        if path and not Path(path).is_file()
-    ]
-    if problems:
-        raise WorkflowError("\n".join(problems))
-    if INFER_FILE_MODEL:
-        return {"model": INFER_FILE_MODEL, "data": INFER_FILE_DATA}
-    return {
-        "model": rules.train.output.model,
-        "history": rules.train.output.history,
-        "data": INFER_FILE_DATA,
-    }
-
-
-def history_arg(wildcards, input) -> str:
-    return f"--history {shlex.quote(input.history)}" if hasattr(input, "history") else ""
-
-
-# ---------------------------------------------------------------- pty-chi (iterative.smk)
-
-
-def installed_version(package: str) -> str:
-    """The installed version of ``package``, or "absent" (package metadata; imports nothing)."""
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "absent"
-
-
-# ---------------------------------------------------------------- comparison (compare.smk)
-
-BASELINE_EXP = f"{EXP}_baseline"  # the baseline's experiment name (its evidence directory)
-BASELINE_REPORTS = f"reports/$PTYCHO_RUN_ID/{BASELINE_EXP}"  # + /<step>, expanded by the shell
-
-
-def baseline(step: str, name: str = "") -> str:
-    """Baseline product path results/<experiment>/baseline/<step>/<name>."""
-    return result(f"baseline/{step}", name)
-
-
-# ---------------------------------------------------------------- studies (studies.smk)
-
-
-def study_points(cfg: dict) -> dict[str, tuple[object, dict]]:
-    """``{experiment of a value: (value, its config)}`` (ptycho_torch.studies.point_configs);
-    every invalid value named at once."""
-    try:
-        return point_configs(cfg, WORKFLOW_KEYS)
-    except ConfigError as exc:
-        lines = "\n".join(f"  error: {p}" for p in exc.problems)
-        raise WorkflowError(f"invalid study, {len(exc.problems)} problem(s):\n{lines}") from None
-
-
-def inherit_rule_settings(prefix: str) -> None:
-    """Give each rule ``<prefix><rule>`` of a value the --set-resources / --set-threads (and a
-    profile's set-resources, e.g. the GPU of `train` in profiles/slurm) that name ``<rule>``,
-    unless it is named itself: Snakemake matches those by rule name, and a value's rules
-    carry its prefix. (Snakemake internals: resource_settings' parsed overwrites.)"""
-    settings = workflow.resource_settings
-    resources, threads = settings._parsed_overwrite_resources, settings._parsed_overwrite_threads
-    for each in workflow.rules:
-        name, base = each.name, each.name[len(prefix) :]
-        if not name.startswith(prefix):
-            continue
-        if name not in resources and base in resources:
-            each.resources.update(resources[base])
-        if name not in threads and base in threads:
-            each.resources["_cores"] = threads[base]

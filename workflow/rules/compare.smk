@@ -28,6 +28,15 @@ Another method adds its rule and one entry to METHODS: name -> (metrics.json, mo
 None when nothing is trained), as the iterative reference does.
 """
 
+BASELINE_EXP = f"{EXP}_baseline"  # the baseline's experiment name (its evidence directory)
+BASELINE_REPORTS = f"reports/$PTYCHO_RUN_ID/{BASELINE_EXP}"  # + /<step>, expanded by the shell
+
+
+def baseline(step: str, name: str = "") -> str:
+    """Baseline product path results/<experiment>/baseline/<step>/<name>."""
+    return result(f"baseline/{step}", name)
+
+
 # The baseline's steps declare the threads torch uses (THREADS, common.smk), as the train,
 # infer and iterative rules do, so the scheduler does not squeeze another job onto their
 # cores: the comparison's times would measure that contention.

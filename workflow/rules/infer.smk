@@ -1,6 +1,52 @@
 """Inference: the test object of this experiment (rule infer), and any data file (target
 infer_file: config keys infer_file_data, infer_file_model)."""
 
+INFER_FIGURES = {  # output name -> (file, caption)
+    "figure": ("reconstruction.png", "../report/reconstruction.rst"),
+    "frc": ("frc.png", "../report/frc.rst"),
+    "scan": ("scan_positions.png", "../report/scan_positions.rst"),
+    "quality": ("quality.png", "../report/quality.rst"),  # no ground truth needed (quality.py)
+}
+
+
+# snakemake infer_file --config infer_file_data=PATH [infer_file_model=PATH]
+INFER_FILE_DATA = config["infer_file_data"]  # "" = the target is not configured
+INFER_FILE_MODEL = config["infer_file_model"]  # "" = this experiment's trained model
+INFER_FILE_DIR = result("infer_file", Path(INFER_FILE_DATA).stem or "unset")
+
+
+def infer_file_inputs(wildcards) -> dict[str, str]:
+    """Model and data of the infer_file target (plus the training history with this
+    experiment's model), checked when the target is asked for, before anything runs: a
+    missing setting or file stops Snakemake with a message naming the config key and path."""
+    if not INFER_FILE_DATA:
+        raise WorkflowError(
+            "infer_file_data: not set; name the data file to reconstruct (CXI "
+            "or PtychoPINN .npz): snakemake infer_file --config "
+            "infer_file_data=PATH [infer_file_model=PATH]"
+        )
+    problems = [
+        f"{key}: {path} not found (relative paths start at {Path.cwd()})"
+        for key, path in (
+            ("infer_file_data", INFER_FILE_DATA),
+            ("infer_file_model", INFER_FILE_MODEL),
+        )
+        if path and not Path(path).is_file()
+    ]
+    if problems:
+        raise WorkflowError("\n".join(problems))
+    if INFER_FILE_MODEL:
+        return {"model": INFER_FILE_MODEL, "data": INFER_FILE_DATA}
+    return {
+        "model": rules.train.output.model,
+        "history": rules.train.output.history,
+        "data": INFER_FILE_DATA,
+    }
+
+
+def history_arg(wildcards, input) -> str:
+    return f"--history {shlex.quote(input.history)}" if hasattr(input, "history") else ""
+
 
 rule infer:
     """Reconstruct the test object with the trained model and score it against the ground truth."""

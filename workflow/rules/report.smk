@@ -1,3 +1,18 @@
+def comparison_for_report(wanted: bool) -> dict[str, list[str]]:
+    """The comparison products a report embeds (made by compare.smk): ``{"json": [...],
+    "figures": [...]}``, both empty unless ``wanted`` (the report rule: compare_baseline)."""
+    return {
+        "json": [result("compare", "comparison.json")] if wanted else [],
+        "figures": [result("compare", "comparison.png")] if wanted else [],
+    }
+
+
+def comparison_arg(wildcards, input) -> str:
+    """`--comparison FILE` for the report command when the rule has a comparison input."""
+    files = [input.comparison] if isinstance(input.comparison, str) else input.comparison
+    return " ".join(f"--comparison {shlex.quote(f)}" for f in files)
+
+
 rule report:
     """Index of this run: steps, metrics, figures and the run that made each product."""
     input:

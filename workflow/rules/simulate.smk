@@ -9,6 +9,26 @@ reruns it), and its params hold only the settings the conversion reads (changing
 setting reruns nothing).
 """
 
+SIMULATION_ONLY = ("nphotons", "object", "probe", "scan", "detector")  # data keys it ignores
+
+
+def measured_files() -> list[str]:
+    """The measured data files of `data.source: file` (none when simulating)."""
+    d = config["data"]
+    return [f for f in (d["train_file"], d["test_file"]) if f] if d["source"] == "file" else []
+
+
+def data_step_config() -> str:
+    """The settings the data step reads, as one JSON object for --config-json."""
+    if config["data"]["source"] != "file":
+        return config_json("experiment", "seed", "data")
+    data = {k: v for k, v in config["data"].items() if k not in SIMULATION_ONLY}
+    return json.dumps(
+        {"experiment": EXP, "seed": config["seed"], "data": data},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+
 
 rule simulate:
     """Simulate the training and test scans (different objects) as CXI files, or convert the

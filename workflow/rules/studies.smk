@@ -30,6 +30,38 @@ printed command with the main workflow's globals, the executed one in the module
 namespace. tests/test_studies.py checks where the evidence really goes.
 """
 
+from ptycho_torch.study_points import point_configs
+
+
+def study_points(cfg: dict) -> dict[str, tuple[object, dict]]:
+    """``{experiment of a value: (value, its config)}`` (ptycho_torch.study_points);
+    every invalid value named at once."""
+    try:
+        return point_configs(cfg, WORKFLOW_KEYS)
+    except ConfigError as exc:
+        lines = "\n".join(f"  error: {p}" for p in exc.problems)
+        raise WorkflowError(f"invalid study, {len(exc.problems)} problem(s):\n{lines}") from None
+
+
+def inherit_rule_settings(prefix: str) -> None:
+    """Give each rule ``<prefix><rule>`` of a value the --set-resources / --set-threads (and a
+    profile's set-resources / set-threads, e.g. the GPU of `train` in profiles/slurm) that
+    name ``<rule>``, unless it is named itself: Snakemake matches those by rule name, and a
+    value's rules carry its prefix. Reads them from the public fields of Snakemake's
+    ResourceSettings (`overwrite_resources`, `overwrite_threads`: rule name -> settings);
+    threads are the rule's `_cores` resource, as Snakemake stores them."""
+    resources = workflow.resource_settings.overwrite_resources
+    threads = workflow.resource_settings.overwrite_threads
+    for each in workflow.rules:
+        name, base = each.name, each.name.removeprefix(prefix)
+        if name == base:
+            continue
+        if name not in resources and base in resources:
+            each.resources.update(resources[base])
+        if name not in threads and base in threads:
+            each.resources["_cores"] = threads[base]
+
+
 STUDY = config.get("study")
 
 if STUDY:
