@@ -31,7 +31,9 @@ import torch
 from ptycho_torch import cli, figures, physics, quality
 from ptycho_torch.config import ExperimentConfig
 from ptycho_torch.config_factory import create_inference_payload
-from ptycho_torch.data import OURS, PtychoData, read_data, true_positions, write_atomic_h5
+from ptycho_torch.cxi import OURS, write_atomic_h5
+from ptycho_torch.data import read_data
+from ptycho_torch.dataset import PtychoData, true_positions
 from ptycho_torch.grouping import group_indices, relative_offsets
 from ptycho_torch.metrics import position_rms_error, probe_error, probe_photon_ratio, score
 from ptycho_torch.likelihood import ValidPixels

@@ -37,7 +37,8 @@ from ptycho_torch import cli, figures, physics
 from ptycho_torch.config import ExecutionConfig, ExperimentConfig, TrainingConfig
 from ptycho_torch.config_factory import (ConfigError, config_hash, create_training_payload,
                                          load_checkpoint, payload_from_json)
-from ptycho_torch.data import DataFileError, PtychoData, read_cxi
+from ptycho_torch.cxi import read_cxi
+from ptycho_torch.dataset import DataFileError, PtychoData
 from ptycho_torch.grouping import (group_indices, grouping_problems, relative_offsets,
                                    split_positions)
 from ptycho_torch.likelihood import ValidPixels

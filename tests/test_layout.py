@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ptycho_torch"
-# scoring and stitching know nothing of the network; the config/payload layer neither
-NETWORK_FREE = ("stitch", "quality", "metrics", "likelihood", "config_factory", "config")
+# scoring and stitching know nothing of the network; the config/payload and data layers neither
+NETWORK_FREE = ("stitch", "quality", "metrics", "likelihood", "config_factory", "config", "dataset",
+                "cxi", "npz", "photon_scale", "data")
 
 
 def _imported(node: ast.AST, modules: frozenset[str]) -> set[str]:
