@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ptycho_torch import iterative  # noqa: E402
 from ptycho_torch.config_factory import resolve_config  # noqa: E402
-from ptycho_torch.data import true_positions  # noqa: E402
+from ptycho_torch.dataset import true_positions  # noqa: E402
 from ptycho_torch.products import evaluate  # noqa: E402
 from ptycho_torch.metrics import position_rms_error, probe_error, probe_photon_ratio  # noqa: E402
 from ptycho_torch.simulate import simulate_dataset  # noqa: E402

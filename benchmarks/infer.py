@@ -65,7 +65,8 @@ sys.path.insert(0, str(REPO))
 from ptycho_torch import infer, products  # noqa: E402
 from ptycho_torch.config import ExperimentConfig  # noqa: E402
 from ptycho_torch.config_factory import resolve_config  # noqa: E402
-from ptycho_torch.data import PtychoData, write_cxi  # noqa: E402
+from ptycho_torch.cxi import write_cxi  # noqa: E402
+from ptycho_torch.dataset import PtychoData  # noqa: E402
 from ptycho_torch.grouping import group_indices, relative_offsets  # noqa: E402
 from ptycho_torch.metrics import score  # noqa: E402
 from ptycho_torch.likelihood import ValidPixels  # noqa: E402

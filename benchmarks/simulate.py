@@ -20,7 +20,7 @@ machines vary by +-50 % between runs, ratios much less):
 Peak memory (peak RSS ``VmHWM`` of a fresh subprocess, its mark reset after the imports
 with Linux ``clear_refs``, so the import of torch does not hide it): simulating and
 writing the default training set, the same at 10x the number of patterns, and
-streaming the counts of a data set through :class:`ptycho_torch.data.CountsReader`
+streaming the counts of a data set through :class:`ptycho_torch.cxi.CountsReader`
 (a file written block by block, read back block by block: the peak stays far below
 the data size, which is what lets train/infer handle data larger than memory).
 Prints a table, then the same as JSON.
@@ -140,7 +140,7 @@ import json, sys, time
 sys.path.insert(0, {repo!r})
 from ptycho_torch import simulate
 from ptycho_torch.config import DataConfig
-from ptycho_torch.data import write_cxi
+from ptycho_torch.cxi import write_cxi
 base = peak_reset()
 t0 = time.perf_counter()
 d = simulate.simulate_dataset(DataConfig(), {size}, (7, 0), {threads})
@@ -153,7 +153,8 @@ CHILD_STREAM_WRITE = PEAK + """
 import json, sys
 import numpy as np
 sys.path.insert(0, {repo!r})
-from ptycho_torch.data import PtychoData, write_cxi
+from ptycho_torch.cxi import write_cxi
+from ptycho_torch.dataset import PtychoData
 base = peak_reset()
 n, N, block = {n}, {N}, 512
 rng = np.random.default_rng(0)
@@ -170,7 +171,7 @@ print(json.dumps({{"rss_before_mb": base, "peak_mb": peak()}}))
 CHILD_STREAM_READ = PEAK + """
 import json, sys, time
 sys.path.insert(0, {repo!r})
-from ptycho_torch.data import CountsReader
+from ptycho_torch.cxi import CountsReader
 base = peak_reset()
 t0 = time.perf_counter()
 with CountsReader({out!r}) as counts:

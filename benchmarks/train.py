@@ -55,7 +55,7 @@ import torch  # noqa: E402
 from ptycho_torch import physics  # noqa: E402
 from ptycho_torch.config import ExperimentConfig  # noqa: E402
 from ptycho_torch.config_factory import resolve_config  # noqa: E402
-from ptycho_torch.data import PtychoData  # noqa: E402
+from ptycho_torch.dataset import PtychoData  # noqa: E402
 from ptycho_torch.grouping import group_indices, relative_offsets  # noqa: E402
 from ptycho_torch.model import PtychoPINN, input_scale, physics_loss  # noqa: E402
 from ptycho_torch.simulate import simulate_dataset  # noqa: E402

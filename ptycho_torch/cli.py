@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from ptycho_torch.config import ExperimentConfig
 from ptycho_torch.config_factory import ConfigError, config_hash, parse_set_option, resolve_config
-from ptycho_torch.data import DataFileError
+from ptycho_torch.dataset import DataFileError
 from ptycho_torch.evidence import StepReport
 
 LOG = logging.getLogger("ptycho_torch")

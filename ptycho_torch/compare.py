@@ -54,6 +54,8 @@ from ptycho_torch.comparison import (COSTS, METRICS, PARTS, build_comparison, ch
                                      markdown)
 from ptycho_torch.config import ExperimentConfig
 from ptycho_torch.config_factory import ConfigError
+from ptycho_torch.data import data_format
+from ptycho_torch.dataset import DataFileError
 from ptycho_torch.evidence import (StepReport, path_key,
                                    sha256_file)
 from ptycho_torch.files import write_atomic
@@ -67,14 +69,17 @@ NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def _data_sha(manifest: dict[str, Any]) -> str | None:
-    """sha256 of the data file a step recorded reading: its .cxi, else .h5, else .npz input
+    """sha256 of the data file a step recorded reading: its CXI input, else its NPZ one
     (a hybrid also reads the PINN's reconstruction.npz, beside the test data's CXI file)."""
-    inputs = manifest.get("inputs", {})
-    for suffix in (".cxi", ".h5", ".npz"):
-        for name, entry in inputs.items():
-            if Path(name).suffix == suffix and isinstance(entry, dict):
-                return entry.get("sha256")
-    return None
+    found: dict[str, str | None] = {}
+    for name, entry in manifest.get("inputs", {}).items():
+        try:
+            kind = data_format(name)
+        except DataFileError:  # not a data file: config, model, ...
+            continue
+        if isinstance(entry, dict):
+            found.setdefault(kind, entry.get("sha256"))
+    return found.get("cxi", found.get("npz"))
 
 
 def method_entry(name: str, metrics_file: Path, model_file: Path | None,

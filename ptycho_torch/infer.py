@@ -29,7 +29,8 @@ import torch
 from ptycho_torch import cli, figures, quality
 from ptycho_torch.config import ExperimentConfig
 from ptycho_torch.config_factory import create_inference_payload
-from ptycho_torch.data import PtychoData, read_data
+from ptycho_torch.data import read_data
+from ptycho_torch.dataset import PtychoData
 from ptycho_torch.grouping import group_indices, relative_offsets
 from ptycho_torch.likelihood import ValidPixels
 from ptycho_torch.generators import generator_class

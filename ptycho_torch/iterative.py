@@ -73,7 +73,8 @@ from ptycho_torch import cli, figures, torchvision_compat
 from ptycho_torch.comparison import PARTS, time_to_reach
 from ptycho_torch.config import ExperimentConfig, IterativeConfig
 from ptycho_torch.config_factory import ConfigError
-from ptycho_torch.data import PtychoData, read_data, true_positions
+from ptycho_torch.data import read_data
+from ptycho_torch.dataset import PtychoData, true_positions
 from ptycho_torch.evidence import StepReport, sha256_file
 from ptycho_torch.files import write_atomic
 from ptycho_torch.ledger import producer

@@ -20,7 +20,7 @@ import dataclasses
 
 import torch
 
-from ptycho_torch.data import PtychoData
+from ptycho_torch.dataset import PtychoData
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from ptycho_torch import figures, physics
-from ptycho_torch.data import OURS, PtychoData, true_positions
+from ptycho_torch.cxi import OURS
+from ptycho_torch.dataset import PtychoData, true_positions
 from ptycho_torch.files import atomic_path, write_atomic
 from ptycho_torch.metrics import position_rms_error, probe_error, probe_photon_ratio, score
 from ptycho_torch.physics import probe_diameter_px

@@ -47,7 +47,7 @@ from scipy import special
 
 from ptycho_torch import physics
 from ptycho_torch.config import InferenceConfig
-from ptycho_torch.data import PtychoData, select_patterns
+from ptycho_torch.dataset import PtychoData, select_patterns
 from ptycho_torch.grouping import interleaved_halves
 from ptycho_torch.metrics import align, frc, frc_threshold_crossing, half_bit_threshold
 from ptycho_torch.stitch import scanned_region, stitch

@@ -44,8 +44,10 @@ from ptycho_torch import cli, physics
 from ptycho_torch.config import (DataConfig, DetectorConfig, ExperimentConfig, ObjectConfig,
                                  ProbeConfig, ScanConfig)
 from ptycho_torch.config_factory import ConfigError
-from ptycho_torch.data import (MASK_DEAD, MASK_INVALID, MASK_SHADOWED, PtychoData, load_image,
-                               load_probe, measured_sets, write_cxi)
+from ptycho_torch.cxi import write_cxi
+from ptycho_torch.data import measured_sets, read_probe
+from ptycho_torch.dataset import (MASK_DEAD, MASK_INVALID, MASK_SHADOWED, DataFileError,
+                                  PtychoData)
 from ptycho_torch.evidence import StepReport
 
 SUBPIXEL_STEPS = 8      # scan positions are multiples of 1/8 px
@@ -91,6 +93,40 @@ def lines_image(size: int, blur_px: float, rng: np.random.Generator, n_lines: in
     return _normalise(np.fft.ifft2(np.fft.fft2(img) * gauss).real)
 
 
+def load_image(path: str | Path) -> np.ndarray:
+    """A 2-D float64 image from PNG/TIFF (scikit-image) or NPY; colour becomes grey.
+
+    Raises :class:`DataFileError` naming the file for anything that is not a finite
+    real 2-D image (complex arrays too: give amplitude and phase as two images).
+    """
+    where, suffix = str(path), Path(path).suffix.lower()
+    if not Path(path).is_file():
+        raise DataFileError(f"{where}: file not found")
+    try:
+        if suffix == ".npy":
+            img = np.load(path, allow_pickle=False)
+        else:
+            import warnings
+            from skimage import io
+            with warnings.catch_warnings():  # imageio's plugin probing warns on odd files
+                warnings.simplefilter("ignore", DeprecationWarning)
+                img = io.imread(path)
+    except Exception as exc:  # noqa: BLE001 - every reader error means "not an image"
+        raise DataFileError(f"{where}: not a readable image ({type(exc).__name__}: {exc})") \
+            from None
+    img = np.asarray(img)
+    if img.ndim == 3 and img.shape[-1] in (3, 4) and img.dtype.kind in "uif":
+        from skimage.color import rgb2gray
+        img = rgb2gray(img[..., :3])
+    if img.ndim != 2 or img.dtype.kind not in "uifb" or min(img.shape) < 2:
+        raise DataFileError(f"{where}: expected a real 2-D image (grey or RGB), got dtype "
+                            f"{img.dtype} shape {img.shape}")
+    img = img.astype(np.float64)
+    if not np.isfinite(img).all():
+        raise DataFileError(f"{where}: the image holds NaN or infinite values")
+    return img
+
+
 def image_field(path: str, size: int) -> np.ndarray:
     """The image at ``path`` as a ``[size, size]`` field in [0, 1]: centre-cropped to a
     square, resampled (linear, anti-aliased when shrinking), rescaled min..max."""
@@ -130,6 +166,30 @@ def mirror_extend(obj: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------- probes
+
+def load_probe(path: str | Path, N: int) -> np.ndarray:
+    """A complex128 probe ``[N, N]`` from a data file (:func:`ptycho_torch.data.read_probe`:
+    a CXI file's ``source_1/illumination``, a PtychoPINN NPZ's ``probeGuess``) or an NPY
+    array; its scale is left as stored.
+    """
+    where = str(path)
+    if not Path(path).is_file():
+        raise DataFileError(f"{where}: file not found")
+    if Path(path).suffix.lower() == ".npy":
+        try:
+            probe, name = np.load(path, allow_pickle=False), "the array"
+        except (OSError, ValueError, EOFError) as exc:
+            raise DataFileError(f"{where}: not a readable NPY file ({exc})") from None
+    else:
+        probe, name = read_probe(path)
+    if probe.ndim != 2 or probe.shape != (N, N) or probe.dtype.kind not in "cf":
+        raise DataFileError(f"{where}: {name} has dtype {probe.dtype} shape {probe.shape}, "
+                            f"expected a complex ({N}, {N}) probe (data.N = {N})")
+    probe = probe.astype(np.complex128)
+    if not np.isfinite(probe).all() or not np.abs(probe).any():
+        raise DataFileError(f"{where}: {name} holds NaN/infinite values or is all zero")
+    return probe
+
 
 def make_probe(cfg: DataConfig, pixel_m: float) -> np.ndarray:
     """Unit-norm probe ``[N, N]`` complex128 centred at pixel ``(N/2, N/2)``."""

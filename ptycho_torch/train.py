@@ -35,7 +35,8 @@ from ptycho_torch.config_factory import (ConfigError, config_hash, create_traini
                                          load_checkpoint, payload_from_json)
 from ptycho_torch.distributed import (REPORT_GRACE_S, global_mean, launch_from_env,
                                       process_group, rank0_says, rank_and_world)
-from ptycho_torch.data import DataFileError, PtychoData, read_cxi
+from ptycho_torch.cxi import read_cxi
+from ptycho_torch.dataset import DataFileError, PtychoData
 from ptycho_torch.grouping import (group_indices, grouping_problems, relative_offsets,
                                    split_positions)
 from ptycho_torch.likelihood import ValidPixels

@@ -12,7 +12,7 @@ train step consumes goes to ``--out`` and a copy of it, with its sha256, to the
 report directory, and the report says what the data hold (``data.json``: pattern
 count, N, photons per pattern, scan extent, step, probe size and overlap, and the
 factor by which the probe's photon scale was fitted to the counts, see
-:func:`ptycho_torch.data.rescale_probe`).
+:func:`ptycho_torch.photon_scale.rescale_probe`).
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ from ptycho_torch.config import ExperimentConfig
 from ptycho_torch.config_factory import (ConfigError, TrainingPayload, config_hash,
                                          create_training_payload, payload_to_json,
                                          load_checkpoint_config, resolve_config)
-from ptycho_torch.data import (BRIGHTEST_QUANTILE, DETECTOR, CountsReader, check_data_file,
-                               plausible_transmission, read_cxi)
+from ptycho_torch.cxi import DETECTOR, CountsReader, read_cxi
+from ptycho_torch.data import check_data_file
+from ptycho_torch.photon_scale import BRIGHTEST_QUANTILE, plausible_transmission
 from ptycho_torch.model import load_model
 from ptycho_torch.evidence import StepReport, sha256_file
 from ptycho_torch.files import write_atomic

@@ -1,4 +1,5 @@
-"""Shared test helpers: a scratch copy of the workflow, and real Snakemake / step-CLI runs in it."""
+"""Shared test helpers: a scratch copy of the workflow, real Snakemake / step-CLI runs in it,
+and small data sets (a synthetic scan, its CXI file, a PtychoPINN NPZ)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,3 +76,98 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------- small data sets
+
+def synthetic_scan(n: int = 6, N: int = 8, seed: int = 0):
+    """A random :class:`~ptycho_torch.dataset.PtychoData`: Poisson counts ``[n, N, N]``, a
+    complex probe ``[N, N]``, positions inside a 24 x 28 px object with a ground truth, and
+    attrs of each kind (number, list, nested dict, text)."""
+    from ptycho_torch.dataset import PtychoData
+    rng = np.random.default_rng(seed)
+    return PtychoData(
+        counts=rng.poisson(50.0, (n, N, N)).astype(np.float32),
+        probe=(rng.standard_normal((N, N)) + 1j * rng.standard_normal((N, N))).astype(np.complex64),
+        positions_px=np.stack([rng.uniform(5, 14, n), rng.uniform(5, 17, n)], 1),
+        object_shape=(24, 28), energy_eV=6200.0, detector_distance_m=1.5,
+        detector_pixel_size_m=55e-6, object_pixel_size_m=2.1e-8,
+        ground_truth=(rng.uniform(0.5, 1, (24, 28)) * np.exp(1j * rng.uniform(-1, 1, (24, 28)))
+                      ).astype(np.complex64),
+        attrs={"nphotons": 1.0e4, "seed": [3, 0], "generator": {"object": {"kind": "grf"}},
+               "note": "synthetic"})
+
+
+@pytest.fixture
+def cxi_scan(tmp_path: Path):
+    """``(path, data)``: :func:`synthetic_scan` written to ``tmp_path/scan.cxi``."""
+    from ptycho_torch.cxi import write_cxi
+    d = synthetic_scan()
+    path = tmp_path / "scan.cxi"
+    write_cxi(path, d)
+    return path, d
+
+
+def edit_h5(path: Path, fn) -> None:
+    """Apply ``fn(h5py.File)`` to the HDF5 file ``path`` in place."""
+    import h5py
+    with h5py.File(path, "r+") as f:
+        fn(f)
+
+
+def small_data_config():
+    """A :class:`~ptycho_torch.config.DataConfig` of 16 px patterns that simulates fast."""
+    from ptycho_torch.config import DataConfig, ProbeConfig, ScanConfig
+    return DataConfig(N=16, nphotons=1e4, probe=ProbeConfig(pupil_radius_px=4.0),
+                      scan=ScanConfig(step_px=6.0))
+
+
+def ptychopinn_npz(path: Path, *, N: int = 16, n: int = 12, legacy: bool = False,
+                   with_object: bool = True, extras: bool = False, noise: bool = True,
+                   coords_dtype=np.float64, seed: int = 0) -> dict:
+    """A data set written the way PtychoPINN's get_image_patches sees it: pad the object
+    by N/2, translate by -(x, y) (integer here), crop N x N; amplitudes sqrt(counts).
+    Returns the arrays written."""
+    rng = np.random.default_rng(seed)
+    H = W = 48
+    obj = ((0.5 + 0.5 * rng.uniform(size=(H, W))) * np.exp(1j * rng.uniform(-1, 1, (H, W))))
+    probe = np.zeros((N, N), complex)
+    probe[N // 4: 3 * N // 4, N // 4: 3 * N // 4] = 30.0 * np.exp(1j * rng.uniform(-1, 1, (N // 2,
+                                                                                         N // 2)))
+    x = rng.integers(N // 2, W - N // 2, n).astype(float)
+    y = rng.integers(N // 2, H - N // 2, n).astype(float)
+    padded = np.pad(obj, N // 2)
+    amps = []
+    for xi, yi in zip(x.astype(int), y.astype(int)):
+        patch = padded[yi:yi + N, xi:xi + N]  # translate by -(x, y), crop [:N, :N]
+        inten = np.abs(np.fft.fftshift(np.fft.fft2(probe * patch, norm="ortho"))) ** 2
+        amps.append(np.sqrt(rng.poisson(inten) if noise else inten))
+    amp = np.stack(amps).astype(np.float32)
+    arrays = {("diff3d" if legacy else "diffraction"):
+              np.ascontiguousarray(np.moveaxis(amp, 0, -1)) if legacy else amp,
+              "probeGuess": probe.astype(np.complex64),
+              "xcoords": x.astype(coords_dtype), "ycoords": y.astype(coords_dtype)}
+    if with_object:
+        arrays["objectGuess"] = obj.astype(np.complex64)
+    if extras:
+        arrays.update(scan_index=np.zeros(n, np.int64), xcoords_start=x - 0.25,
+                      ycoords_start=y + 0.5)
+    np.savez(path, **arrays)
+    return arrays
+
+
+def npz_arrays(path: Path) -> dict:
+    """Every array of the NPZ file ``path``, by name."""
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def npz_edit(path: Path, **changes) -> None:
+    """Rewrite the NPZ file ``path`` with arrays replaced (``None``: removed)."""
+    arrays = npz_arrays(path)
+    for key, value in changes.items():
+        if value is None:
+            del arrays[key]
+        else:
+            arrays[key] = value
+    np.savez(path, **arrays)

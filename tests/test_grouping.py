@@ -77,7 +77,7 @@ def test_validation_split_is_seeded_and_disjoint():
 
 
 def test_training_groups_never_hold_a_validation_pattern(positions):
-    from ptycho_torch.data import PtychoData
+    from ptycho_torch.dataset import PtychoData
     from ptycho_torch.train import make_samples
     n, N = len(positions), 16
     data = PtychoData(counts=np.ones((n, N, N), np.float32),
@@ -106,7 +106,7 @@ def test_grouping_problems_name_the_keys():
 def test_the_training_data_check_refuses_impossible_grouping(tmp_path, monkeypatch):
     """Validate and train refuse before any work, naming the key (create_training_payload)."""
     from ptycho_torch.config_factory import ConfigError, create_training_payload
-    from ptycho_torch.data import write_cxi
+    from ptycho_torch.cxi import write_cxi
     from ptycho_torch.simulate import simulate_dataset
     monkeypatch.chdir(tmp_path)
     exp = {"data": {"N": 16, "object": {"train_size_px": 40, "test_size_px": 40},

@@ -16,7 +16,9 @@ import torch
 
 from conftest import REPO, TINY, copy_workflow, jobs_run, run_snakemake, run_step
 from ptycho_torch.config_factory import resolve_config
-from ptycho_torch.data import PtychoData, read_cxi, read_npz, write_cxi, write_npz
+from ptycho_torch.cxi import read_cxi, write_cxi
+from ptycho_torch.dataset import PtychoData
+from ptycho_torch.npz import read_npz, write_npz
 from ptycho_torch import physics
 from ptycho_torch.infer import PRODUCTS, inference_batch, predict_patches
 from ptycho_torch.products import ctf_zero_markers

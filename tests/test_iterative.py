@@ -18,7 +18,7 @@ from scipy import ndimage
 from conftest import run_step
 from ptycho_torch import iterative, simulate
 from ptycho_torch.config_factory import resolve_config
-from ptycho_torch.data import write_cxi
+from ptycho_torch.cxi import write_cxi
 from ptycho_torch.evidence import load_manifest
 from ptycho_torch.torchvision_compat import GaussianBlur
 
@@ -244,7 +244,7 @@ def test_position_correction_reduces_the_position_error_and_ships_the_corrected_
     assert p["rms_error_px"] < 0.75 * p["given_rms_error_px"], p
     with np.load(corrected / "out/reconstruction.npz") as f:
         shipped = f["probe_position_px"]
-    from ptycho_torch.data import read_cxi
+    from ptycho_torch.cxi import read_cxi
     from ptycho_torch.metrics import position_rms_error
     d = read_cxi(corrected / "test.cxi")
     true = np.stack([d.extras["true_position_row_px"], d.extras["true_position_col_px"]], 1)
@@ -274,7 +274,7 @@ def test_probe_refinement_reports_the_given_and_the_refined_probe_against_the_tr
     assert probe["refined"] is True and probe["error"] < probe["given_error"], probe
     with np.load(tmp_path / "out/reconstruction.npz") as f:
         shipped = f["probe"]
-    from ptycho_torch.data import read_cxi
+    from ptycho_torch.cxi import read_cxi
     from ptycho_torch.metrics import probe_error
     assert probe_error(shipped, read_cxi(tmp_path / "test.cxi").true_probe) == pytest.approx(
         probe["error"], rel=1e-4)

@@ -18,9 +18,10 @@ import pytest
 from ptycho_torch.generators import GENERATORS
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ptycho_torch"
-# scoring, stitching and the physics know nothing of the network; the config/payload layer neither
+# scoring, stitching and the physics know nothing of the network; the config/payload and data
+# layers neither
 NETWORK_FREE = ("physics", "likelihood", "stitch", "quality", "metrics", "config_factory",
-                "config")
+                "config", "dataset", "cxi", "npz", "photon_scale", "data")
 # the network (the physics wrapper and the generators' modules: the registry,
 # ptycho_torch/generators.py, names them as text and imports them only when asked) and the
 # steps that run it

@@ -23,8 +23,10 @@ from conftest import TINY, copy_workflow, jobs_run, run_snakemake, run_step
 from ptycho_torch import physics, simulate, train, validate
 from ptycho_torch.config import DataConfig, ExperimentConfig, ProbeConfig, ScanConfig
 from ptycho_torch.config_factory import ConfigError, resolve_config
-from ptycho_torch.data import (DETECTOR, OURS, SOURCE, TRANSLATION, DataFileError, PtychoData,
-                               measured_sets, read_cxi, read_data, write_cxi, write_npz)
+from ptycho_torch.cxi import DETECTOR, OURS, SOURCE, TRANSLATION, read_cxi, write_cxi
+from ptycho_torch.data import measured_sets, read_data
+from ptycho_torch.dataset import DataFileError, PtychoData
+from ptycho_torch.npz import write_npz
 from ptycho_torch.model import PtychoPINN, save_checkpoint
 from ptycho_torch.evidence import file_entry, load_manifest
 from ptycho_torch.train import train_model

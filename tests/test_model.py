@@ -18,7 +18,7 @@ import torch
 from ptycho_torch import physics
 from ptycho_torch.config import ExperimentConfig
 from ptycho_torch.config_factory import create_training_payload, payload_to_json, resolve_config
-from ptycho_torch.data import write_cxi
+from ptycho_torch.cxi import write_cxi
 from ptycho_torch.model import PtychoPINN, input_scale, merge_and_reextract, physics_loss
 from ptycho_torch.simulate import simulate_dataset
 from ptycho_torch.train import RESUME_FILE, train_model

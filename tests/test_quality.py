@@ -19,7 +19,7 @@ from conftest import REPO, TINY
 from ptycho_torch import grouping, physics, quality, simulate
 from ptycho_torch.config import InferenceConfig, ObjectConfig
 from ptycho_torch.config_factory import resolve_config
-from ptycho_torch.data import PtychoData
+from ptycho_torch.dataset import PtychoData
 from ptycho_torch.infer import predict_patches
 from ptycho_torch.metrics import half_bit_threshold, score
 from ptycho_torch.stitch import scanned_region, stitch

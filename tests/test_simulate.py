@@ -20,8 +20,9 @@ from ptycho_torch import physics, simulate
 from ptycho_torch.config import (DataConfig, DetectorConfig, ExperimentConfig, ObjectConfig,
                                  ProbeConfig, ScanConfig)
 from ptycho_torch.config_factory import ConfigError, resolve_config
-from ptycho_torch.data import (MASK_DEAD, MASK_INVALID, MASK_SHADOWED, DataFileError, read_cxi,
-                               write_cxi, write_npz)
+from ptycho_torch.cxi import read_cxi, write_cxi
+from ptycho_torch.dataset import MASK_DEAD, MASK_INVALID, MASK_SHADOWED, DataFileError
+from ptycho_torch.npz import write_npz
 
 N = 16
 

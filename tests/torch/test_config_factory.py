@@ -20,7 +20,8 @@ from ptycho_torch.config import ExecutionConfig, ExperimentConfig
 from ptycho_torch.config_factory import (ConfigError, config_hash, create_inference_payload,
                                          create_training_payload, parse_set_option,
                                          payload_from_json, payload_to_json, resolve_config)
-from ptycho_torch.data import PtychoData, write_cxi
+from ptycho_torch.cxi import write_cxi
+from ptycho_torch.dataset import PtychoData
 
 REPO = Path(__file__).resolve().parents[2]
 COUNTS = "/entry_1/instrument_1/detector_1/data"
