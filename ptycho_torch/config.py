@@ -137,6 +137,12 @@ class DataConfig:
     detector: DetectorConfig = field(default_factory=DetectorConfig)
 
 
+SIMULATION_ONLY = ("nphotons", "object", "probe", "scan", "detector")
+"""The ``data`` keys only the simulation reads. With ``data.source: file`` they are neither
+cross-checked (``config_factory``) nor hashed (``config_factory.config_hash``), and the
+workflow's rules leave them out of their params: editing them reruns nothing."""
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     generator: str = spec("cnn", "the network from amplitudes to object patches, a name "

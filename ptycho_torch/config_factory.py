@@ -24,7 +24,8 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from ptycho_torch.config import SCIENCE_SECTIONS, ExecutionConfig, ExperimentConfig
+from ptycho_torch.config import (SCIENCE_SECTIONS, SIMULATION_ONLY, ExecutionConfig,
+                                 ExperimentConfig)
 
 
 class ConfigError(ValueError):
@@ -157,26 +158,14 @@ def _cross_checks(cfg: ExperimentConfig, bad: set[str] = frozenset()) -> list[st
 
     ``bad`` holds the key paths that already failed their own check (their value
     in ``cfg`` is the default, so a cross-check on them would be misleading).
+    With ``data.source: file`` the simulation's settings (:data:`SIMULATION_ONLY`) are
+    not cross-checked: nothing reads them.
     """
-    problems = []
-    o, d = cfg.data.object, cfg.data
-
     def ok(*keys: str) -> bool:  # neither the keys nor a section holding them went wrong
         parts = [k.split(".") for k in keys]
         return not bad.intersection(".".join(p[:i]) for p in parts for i in range(1, len(p) + 1))
 
-    if ok("data.object.amplitude_min", "data.object.amplitude_max") and \
-            o.amplitude_min > o.amplitude_max:
-        problems.append(f"data.object.amplitude_min: {o.amplitude_min} is above "
-                        f"data.object.amplitude_max ({o.amplitude_max})")
-    for key in ("train_size_px", "test_size_px"):
-        if ok(f"data.object.{key}", "data.N") and getattr(o, key) < d.N + 4:
-            problems.append(f"data.object.{key}: {getattr(o, key)} px is too small for patches "
-                            f"of data.N = {d.N} px (need at least N + 4)")
-    if ok("data.probe.pupil_radius_px", "data.N", "data.probe.kind") and \
-            d.probe.kind == "focused_disk" and d.probe.pupil_radius_px >= d.N / 2:
-        problems.append(f"data.probe.pupil_radius_px: {d.probe.pupil_radius_px} must be below "
-                        f"N/2 = {d.N / 2} (the bright-field disk must fit on the detector)")
+    problems = [] if cfg.data.source == "file" else _simulation_checks(cfg, ok)
     problems += _data_source_checks(cfg, ok)
     m = cfg.model
     C = m.gridsize ** 2
@@ -227,23 +216,26 @@ def _model_training_checks(cfg: ExperimentConfig, ok: Callable[..., bool]) -> li
     return problems
 
 
-def _data_source_checks(cfg: ExperimentConfig, ok: Callable[..., bool]) -> list[str]:
-    """Files a chosen kind needs, and sizes that must fit in the N x N patch/detector.
+def _simulation_checks(cfg: ExperimentConfig, ok: Callable[..., bool]) -> list[str]:
+    """The simulation's settings: object sizes and probe, beamstop sizes that must fit the
+    N x N patch/detector (all in px), and the files a chosen kind needs.
 
     Whether the files exist is checked by the step that reads them (simulate), so a
     checkpoint's config stays loadable on a machine without them.
     """
-    d, problems = cfg.data, []
-    needs = (("data.object.amplitude_file", d.object.kind == "image", d.object.amplitude_file,
-              "data.object.kind is image"),
-             ("data.probe.file", d.probe.kind == "file", d.probe.file, "data.probe.kind is file"),
-             ("data.train_file", d.source == "file", d.train_file, "data.source is file"))
-    for key, wanted, value, why in needs:
-        if wanted and ok(key) and not value:
-            problems.append(f"{key}: a file path is required when {why}")
-    if ok("data.test_fraction", "data.test_file") and d.test_fraction > 0 and d.test_file:
-        problems.append(f"data.test_fraction: {d.test_fraction} splits train_file, but "
-                        f"data.test_file is set too ({d.test_file!r}): use one or the other")
+    d, o, problems = cfg.data, cfg.data.object, []
+    if ok("data.object.amplitude_min", "data.object.amplitude_max") and \
+            o.amplitude_min > o.amplitude_max:
+        problems.append(f"data.object.amplitude_min: {o.amplitude_min} is above "
+                        f"data.object.amplitude_max ({o.amplitude_max})")
+    for key in ("train_size_px", "test_size_px"):
+        if ok(f"data.object.{key}", "data.N") and getattr(o, key) < d.N + 4:
+            problems.append(f"data.object.{key}: {getattr(o, key)} px is too small for patches "
+                            f"of data.N = {d.N} px (need at least N + 4)")
+    if ok("data.probe.pupil_radius_px", "data.N", "data.probe.kind") and \
+            d.probe.kind == "focused_disk" and d.probe.pupil_radius_px >= d.N / 2:
+        problems.append(f"data.probe.pupil_radius_px: {d.probe.pupil_radius_px} must be below "
+                        f"N/2 = {d.N / 2} (the bright-field disk must fit on the detector)")
     if ok("data.probe.fwhm_px", "data.N", "data.probe.kind") and d.probe.kind == "gaussian" \
             and d.probe.fwhm_px > d.N / 2:
         problems.append(f"data.probe.fwhm_px: {d.probe.fwhm_px} must be at most N/2 = "
@@ -252,6 +244,28 @@ def _data_source_checks(cfg: ExperimentConfig, ok: Callable[..., bool]) -> list[
             d.detector.beamstop_radius_px >= d.N / 2:
         problems.append(f"data.detector.beamstop_radius_px: {d.detector.beamstop_radius_px} "
                         f"must be below N/2 = {d.N / 2} (it would cover the whole detector)")
+    needs = (("data.object.amplitude_file", d.object.kind == "image", d.object.amplitude_file,
+              "data.object.kind is image"),
+             ("data.probe.file", d.probe.kind == "file", d.probe.file, "data.probe.kind is file"))
+    return problems + _missing_paths(needs, ok)
+
+
+def _missing_paths(needs: tuple[tuple[str, bool, str, str], ...],
+                   ok: Callable[..., bool]) -> list[str]:
+    """One problem per ``(key, wanted, value, why)`` whose file path is wanted but empty."""
+    return [f"{key}: a file path is required when {why}"
+            for key, wanted, value, why in needs if wanted and ok(key) and not value]
+
+
+def _data_source_checks(cfg: ExperimentConfig, ok: Callable[..., bool]) -> list[str]:
+    """The measured files of ``data.source: file``: one is required, and a test split
+    excludes a test file (their existence is checked by the simulate step)."""
+    d = cfg.data
+    problems = _missing_paths((("data.train_file", d.source == "file", d.train_file,
+                                "data.source is file"),), ok)
+    if ok("data.test_fraction", "data.test_file") and d.test_fraction > 0 and d.test_file:
+        problems.append(f"data.test_fraction: {d.test_fraction} splits train_file, but "
+                        f"data.test_file is set too ({d.test_file!r}): use one or the other")
     return problems
 
 
@@ -325,10 +339,20 @@ def config_to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def data_settings_read(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``data`` settings (a mapping as in the YAML) that the data step reads: all of them
+    when simulating; with ``source: file`` all but :data:`SIMULATION_ONLY`."""
+    if data.get("source", "simulate") != "file":
+        return dict(data)
+    return {k: v for k, v in data.items() if k not in SIMULATION_ONLY}
+
+
 def config_hash(cfg: ExperimentConfig) -> str:
-    """sha256 of the science sections (execution settings do not change results)."""
+    """sha256 of the science sections (execution settings do not change results), with only
+    the data settings the data step reads (:func:`data_settings_read`)."""
     d = config_to_dict(cfg)
     science = {k: d[k] for k in SCIENCE_SECTIONS}
+    science["data"] = data_settings_read(science["data"])
     return hashlib.sha256(json.dumps(science, sort_keys=True).encode()).hexdigest()
 
 

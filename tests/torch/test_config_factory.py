@@ -9,12 +9,13 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from ptycho_torch.config import ExecutionConfig, ExperimentConfig
 from ptycho_torch.config_factory import (ConfigError, config_hash, create_inference_payload,
@@ -169,6 +170,61 @@ def test_cross_checks_skip_keys_that_are_already_wrong():
     with pytest.raises(ConfigError) as err:
         resolve_config({"data": {"N": 8, "probe": "big"}})
     assert [p.split(":")[0] for p in _problems(err)] == ["data.probe"]
+
+
+# ----------------------------------------------------------------- measured data: no simulation
+
+MEASURED = {"data": {"source": "file", "train_file": "scan.cxi"}}
+SIMULATION_EDITS = {  # key -> (a value N = 128 would refuse in a simulation, a valid other one)
+    "data.nphotons": (10.0, 10.0), "data.object.test_size_px": (20, 40),
+    "data.object.kind": ("image", "lines"), "data.probe.pupil_radius_px": (100.0, 2.0),
+    "data.probe.kind": ("file", "gaussian"), "data.scan.step_px": (9.0, 9.0),
+    "data.detector.beamstop_radius_px": (300.0, 2.0)}
+
+
+def _deep_merge(base: dict, overlay: dict) -> dict:
+    """``overlay`` on ``base``, section by section (as Snakemake merges --configfile files)."""
+    out = dict(base)
+    for key, value in overlay.items():
+        merged = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = _deep_merge(base[key], value) if merged else value
+    return out
+
+
+@pytest.mark.parametrize("N", [32, 64, 128, 256])
+def test_measured_data_at_any_N_is_not_judged_by_the_simulation_settings(N):
+    """config/examples/my_cxi.yaml over config/config.yaml validates at any N: the simulated
+    object's size (test_size_px = 128 by default) no longer has to exceed N."""
+    tree = _deep_merge(yaml.safe_load((REPO / "config/config.yaml").read_text()),
+                       yaml.safe_load((REPO / "config/examples/my_cxi.yaml").read_text()))
+    tree.pop("run_id", None)
+    tree = {k: v for k, v in tree.items() if k in {f.name for f in fields(ExperimentConfig)}}
+    assert resolve_config(tree, {"data.N": N}).data.N == N
+    edits = {key: values[0] for key, values in SIMULATION_EDITS.items()}
+    assert resolve_config(MEASURED, {"data.N": N, **edits}).data.N == N
+
+
+def test_simulated_data_still_need_an_object_larger_than_N():
+    with pytest.raises(ConfigError) as err:
+        resolve_config(None, {"data.N": 128})
+    assert _problems(err) == ["data.object.test_size_px: 128 px is too small for patches of "
+                              "data.N = 128 px (need at least N + 4)"]
+
+
+def test_measured_data_still_type_check_the_simulation_settings():
+    with pytest.raises(ConfigError) as err:
+        resolve_config(MEASURED, {"data.object.test_size_px": "big", "data.scan.step_px": -1.0})
+    assert sorted(p.split(":")[0] for p in _problems(err)) == ["data.object.test_size_px",
+                                                                "data.scan.step_px"]
+
+
+@pytest.mark.parametrize("key", sorted(SIMULATION_EDITS))
+def test_simulation_settings_change_the_hash_only_when_simulating(key):
+    measured = {"data": {**MEASURED["data"], "N": 128}}
+    refused_in_simulation, valid = SIMULATION_EDITS[key]
+    assert config_hash(resolve_config(measured, {key: refused_in_simulation})) == \
+        config_hash(resolve_config(measured))
+    assert config_hash(resolve_config(None, {key: valid})) != config_hash(ExperimentConfig())
 
 
 # ----------------------------------------------------------------- precedence

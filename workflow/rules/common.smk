@@ -27,7 +27,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from ptycho_torch.config import SCIENCE_SECTIONS, ExperimentConfig
-from ptycho_torch.config_factory import ConfigError, resolve_config
+from ptycho_torch.config_factory import ConfigError, data_settings_read, resolve_config
 from ptycho_torch.evidence import is_run_id, new_run_id
 from ptycho_torch.generators import GENERATORS
 
@@ -129,8 +129,11 @@ def sealed_files(steps: tuple[str, ...], exp: str = "") -> str:
 
 
 def config_json(*sections: str) -> str:
-    """The named config sections as one JSON object (for --config-json {params...:q})."""
-    return json.dumps({s: config[s] for s in sections}, sort_keys=True, separators=(",", ":"))
+    """The named config sections as one JSON object (for --config-json {params...:q}); of
+    `data` only the settings the data step reads (with `source: file`, no simulation
+    settings: editing them reruns nothing)."""
+    chosen = {s: data_settings_read(config[s]) if s == "data" else config[s] for s in sections}
+    return json.dumps(chosen, sort_keys=True, separators=(",", ":"))
 
 
 def set_args(section: str) -> str:

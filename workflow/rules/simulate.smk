@@ -5,29 +5,16 @@ evidence reports/<run_id>/<experiment>/simulate/) reads `data.train_file` (and
 `data.test_file`, or holds out `data.test_fraction` of the training scan, or tests on the
 training scan itself) and writes them as the pipeline's CXI files, so every later step is the
 same for simulated and measured data. The measured files are inputs of the rule (a changed file
-reruns it), and its params hold only the settings the conversion reads (changing a simulation
-setting reruns nothing).
+reruns it), and its params (like every rule's: `config_json` in common.smk) hold only the
+settings the conversion reads: changing a simulation setting (SIMULATION_ONLY in
+ptycho_torch/config.py) reruns nothing.
 """
-
-SIMULATION_ONLY = ("nphotons", "object", "probe", "scan", "detector")  # data keys it ignores
 
 
 def measured_files() -> list[str]:
     """The measured data files of `data.source: file` (none when simulating)."""
     d = config["data"]
     return [f for f in (d["train_file"], d["test_file"]) if f] if d["source"] == "file" else []
-
-
-def data_step_config() -> str:
-    """The settings the data step reads, as one JSON object for --config-json."""
-    if config["data"]["source"] != "file":
-        return config_json("experiment", "seed", "data")
-    data = {k: v for k, v in config["data"].items() if k not in SIMULATION_ONLY}
-    return json.dumps(
-        {"experiment": EXP, "seed": config["seed"], "data": data},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
 
 
 rule simulate:
@@ -44,7 +31,7 @@ rule simulate:
     benchmark:
         benchmark_path("simulate")
     params:
-        config=data_step_config(),
+        config=config_json("experiment", "seed", "data"),
     shell:
         "{PYTHON:q} -m ptycho_torch.simulate --config-json {params.config:q}"
         " --train-out {output.train} --test-out {output.test}"
