@@ -17,10 +17,10 @@ import h5py
 import pytest
 import yaml
 
-from conftest import TINY, copy_workflow, jobs_run, run_snakemake
+from conftest import TINY, copy_workflow, edit_h5, jobs_run, run_snakemake
 from ptycho_torch import simulate, validate
 from ptycho_torch.config import DataConfig, ProbeConfig, ScanConfig
-from ptycho_torch.data import OURS, write_cxi
+from ptycho_torch.cxi import OURS, write_cxi
 
 N = 128
 SIZE_PX = 152  # the scanned object's side: 6 x 6 raster positions at a 4 px step
@@ -35,8 +35,7 @@ def write_measured_cxi(path: Path) -> Path:
                           scan=ScanConfig(step_px=4.0, jitter_px=0.0))
     write_cxi(path, replace(simulate.simulate_dataset(geometry, SIZE_PX, (5, 0)),
                             ground_truth=None))
-    with h5py.File(path, "a") as f:
-        del f[OURS]
+    edit_h5(path, lambda f: f.__delitem__(OURS))
     return path
 
 
