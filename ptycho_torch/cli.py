@@ -32,6 +32,12 @@ class StepFailed(RuntimeError):
     reported without a traceback, exit status 1, products removed as for any failure."""
 
 
+def step_parser(step: str, doc: str | None) -> argparse.ArgumentParser:
+    """The command line of ``python -m ptycho_torch.<step>``, its module docstring as help."""
+    return argparse.ArgumentParser(prog=f"python -m ptycho_torch.{step}", description=doc,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def add_config_args(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--config", type=Path, help="experiment YAML/JSON file")

@@ -151,8 +151,7 @@ def parse_methods(specs: list[list[str]]) -> tuple[list[tuple[str, Path, Path | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ptycho_torch.compare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.step_parser("compare", __doc__)
     cli.add_config_args(parser)
     parser.add_argument("--method", action="append", nargs="+", default=[], required=True,
                         metavar=("NAME", "METRICS [MODEL]"),

@@ -173,6 +173,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainingConfig:
+    """How the network is trained: the loss, the optimiser's schedule, validation, limits."""
     mode: str = spec("pinn", "pinn = unsupervised physics loss on the counts; supervised = "
                      "PtychoNN-style baseline, same network, L1 loss on ground-truth patches",
                      choices=("pinn", "supervised"))
@@ -221,6 +222,7 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class InferenceConfig:
+    """How patches become one object: stitching, phase synchronisation, calibration, FRC."""
     stitch: str = spec("probe_weighted", "how overlapping patches are averaged",
                        choices=("probe_weighted", "uniform"))
     phase_sync: bool = spec(True, "synchronise the patches' global phases so that overlaps "
@@ -231,13 +233,13 @@ class InferenceConfig:
                                        "measured amplitudes (0 = off)", lo=0, hi=100000)
     calibration_tolerance: float = spec(1e-4, "stop the calibration earlier when a step lowers "
                                         "its loss by less than this fraction", lo=0.0, hi=1.0)
+    half_data_frc: bool = spec(True, "estimate the resolution without ground truth: reconstruct "
+                               "the two interleaved halves of the scan apart and compare them "
+                               "(the half-data FRC; it costs about one more reconstruction)")
     calibration_patterns: str = spec("half", "the patterns the calibration fits: one "
                                      "interleaved half of the scan (half the cost; every patch "
                                      "still overlaps several of them) or all",
                                      choices=("half", "all"))
-    half_data_frc: bool = spec(True, "estimate the resolution without ground truth: reconstruct "
-                               "the two interleaved halves of the scan apart and compare them "
-                               "(the half-data FRC; it costs about one more reconstruction)")
 
 
 @dataclass(frozen=True)

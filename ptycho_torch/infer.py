@@ -157,8 +157,7 @@ def summarise(rep: StepReport, rec: Reconstruction, metrics: dict, n: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ptycho_torch.infer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.step_parser("infer", __doc__)
     parser.add_argument("--model", type=Path, required=True, help="model.pt from the train step")
     parser.add_argument("--data", type=Path, required=True,
                         help="data to reconstruct (.cxi, or a PtychoPINN .npz)")

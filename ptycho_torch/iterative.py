@@ -381,9 +381,7 @@ def summarise(rep: StepReport, metrics: dict[str, Any], n: int, cfg: IterativeCo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ptycho_torch.iterative",
-                                     description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.step_parser("iterative", __doc__)
     cli.add_config_args(parser)
     parser.add_argument("--data", type=Path, required=True,
                         help="data to reconstruct (.cxi, or a PtychoPINN .npz)")

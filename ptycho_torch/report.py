@@ -120,8 +120,7 @@ def update_latest(run_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ptycho_torch.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.step_parser("report", __doc__)
     cli.add_config_args(parser)
     parser.add_argument("--run-dir", type=Path, required=True, help="reports/<run_id>")
     parser.add_argument("--experiment", required=True, help="experiment name")

@@ -29,7 +29,6 @@ patterns, whatever the number of threads.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -587,8 +586,7 @@ def run(cfg: ExperimentConfig, train_out: Path, test_out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ptycho_torch.simulate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.step_parser("simulate", __doc__)
     cli.add_config_args(parser)
     parser.add_argument("--train-out", type=Path, required=True, help="training set (.cxi)")
     parser.add_argument("--test-out", type=Path, required=True, help="test set (.cxi)")

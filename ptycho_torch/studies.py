@@ -157,8 +157,7 @@ def _value(method: dict[str, Any] | None, part: str | None, key: str) -> float |
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ptycho_torch.studies", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.step_parser("studies", __doc__)
     cli.add_config_args(parser)
     parser.add_argument("--key", required=True, help="the studied setting (dotted key)")
     parser.add_argument("--point", nargs=2, action="append", required=True,

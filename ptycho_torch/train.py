@@ -413,8 +413,7 @@ def write_history(path: Path, history: list[dict[str, float]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ptycho_torch.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.step_parser("train", __doc__)
     parser.add_argument("--payload", type=Path, required=True,
                         help="resolved training payload (JSON) written by the validate step")
     parser.add_argument("--data", type=Path, required=True, help="training data (.cxi)")

@@ -220,8 +220,7 @@ def build_payload(args: argparse.Namespace) -> tuple[TrainingPayload, dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ptycho_torch.validate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.step_parser("validate", __doc__)
     cli.add_config_args(parser)
     parser.add_argument("--train-data", type=Path, required=True, help="training set (.cxi)")
     parser.add_argument("--test-data", type=Path, required=True, help="test set (.cxi)")
