@@ -10,6 +10,8 @@ check fails here:
 * ``help``: Python commands, run with ``--help``: the module or script must import and
   parse its arguments (their real runs are in the benchmarks and the tests below);
 * ``ci``: make targets, each a line of ``.ci/run``;
+* ``make``: make targets CI does not run (``make test-fast``: a part of ``make test``), run
+  with ``make -n``: the target and its prerequisites must exist;
 * ``test``: commands whose real run a named test performs (checked to exist).
 """
 
@@ -28,6 +30,7 @@ from conftest import REPO, TINY, clean_env, copy_workflow
 
 # (command pattern, how it is covered, the argument of that check)
 COVERAGE: tuple[tuple[str, str, str], ...] = (
+    (r"make test-fast\b", "make", ""),
     (r"make (run|test|lint)\b", "ci", ""),
     (r"make bench\b", "help", "benchmarks/run_all.py"),
     (r"\.venv/bin/snakemake .*--report ", "test",
@@ -80,6 +83,13 @@ def test_the_tests_named_for_readme_commands_exist():
             tree = ast.parse((REPO / path).read_text())
             assert name in {f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)}, \
                 f"{node} (named for {command!r}) does not exist"
+
+
+@pytest.mark.parametrize("command", [c for c in readme_commands() if coverage(c)[0] == "make"])
+def test_readme_make_target_resolves_as_a_dry_run(command):
+    run = subprocess.run([*shlex.split(command), "-n"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0, f"{command!r} -n: exit {run.returncode}\n{run.stderr[-3000:]}"
 
 
 def dry_run_argv(command: str) -> list[str]:

@@ -1,6 +1,6 @@
 """Config factory: every bad input is named by its key path; precedence; payload round trip.
 
-Run with ``CUDA_VISIBLE_DEVICES="" pytest tests/torch/test_config_factory.py -vv``.
+Run with ``CUDA_VISIBLE_DEVICES="" pytest tests/test_config_factory.py -vv``.
 """
 
 from __future__ import annotations
@@ -9,21 +9,20 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from ptycho_torch import config_factory as cf
-from ptycho_torch.config import ExecutionConfig, ExperimentConfig, ModelConfig
+from ptycho_torch.config import ExecutionConfig, ExperimentConfig
 from ptycho_torch.config_factory import (ConfigError, config_hash, create_inference_payload,
                                          create_training_payload, parse_set_option,
                                          payload_from_json, payload_to_json, resolve_config)
 from ptycho_torch.data import PtychoData, write_cxi
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 COUNTS = "/entry_1/instrument_1/detector_1/data"
 
 # A config that fits the small synthetic data files below (N = 8, 6 patterns).
