@@ -571,6 +571,7 @@ def cli_runs(_cli_procs) -> dict:
     ("multi", ["data.N", "trainng", "data.nphoton"]),
     ("yaml", ["training.loss"]),
 ])
+@pytest.mark.slow
 def test_cli_subprocess_exit_2_and_writes_nothing(cli_runs, case, keys):
     r = cli_runs[case]
     assert r["rc"] == 2, r["stderr"]

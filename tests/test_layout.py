@@ -78,12 +78,14 @@ def reachable(graph: dict[str, set[str]], start: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("module", NETWORK_FREE)
+@pytest.mark.slow
 def test_scoring_stitching_and_config_do_not_import_the_network(module):
     via = reachable(import_graph(), module)
     assert "model" not in via, (f"ptycho_torch/{module}.py depends on ptycho_torch.model "
                                 f"(imported by ptycho_torch/{via.get('model')}.py)")
 
 
+@pytest.mark.slow
 def test_the_package_has_no_import_cycle():
     cycle = find_cycle(import_graph())
     assert not cycle, "import cycle: " + " -> ".join(cycle)

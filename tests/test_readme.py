@@ -109,6 +109,7 @@ def placeholder_workflow(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("command", [c for c in readme_commands()
                                      if coverage(c)[0] == "dry-run"])
+@pytest.mark.slow
 def test_readme_snakemake_command_resolves_as_a_dry_run(command, placeholder_workflow):
     run = subprocess.run(dry_run_argv(command), cwd=placeholder_workflow, env=clean_env(),
                          capture_output=True, text=True, timeout=300)
@@ -116,7 +117,14 @@ def test_readme_snakemake_command_resolves_as_a_dry_run(command, placeholder_wor
     assert "Job stats" in run.stdout + run.stderr or "Nothing to be done" in run.stdout + run.stderr
 
 
-@pytest.mark.parametrize("command", [c for c in readme_commands() if coverage(c)[0] == "help"])
+# scripts that import torch before parsing their arguments: ~2 s each on 2 shared cores
+TORCH_AT_START = ("benchmarks/imperfect_scan.py", "benchmarks/infer.py", "benchmarks/simulate.py",
+                  "benchmarks/train.py")
+
+
+@pytest.mark.parametrize("command", [
+    pytest.param(c, marks=pytest.mark.slow) if any(s in c for s in TORCH_AT_START) else c
+    for c in readme_commands() if coverage(c)[0] == "help"])
 def test_readme_python_command_parses_its_arguments(command):
     kind, script = coverage(command)
     words = shlex.split(command)

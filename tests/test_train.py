@@ -70,6 +70,7 @@ def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="")
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_to_the_uninterrupted_weights(tiny, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _, data = tiny
@@ -99,6 +100,7 @@ def test_killed_training_resumes_to_the_uninterrupted_weights(tiny, tmp_path, mo
         assert torch.equal(a[name], b[name]), name
 
 
+@pytest.mark.slow
 def test_nan_in_the_data_stops_training_with_a_clear_message(tiny, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _, data = tiny
@@ -261,6 +263,7 @@ def test_bfloat16_autocast_runs_the_network_in_bfloat16_and_trains(tiny, monkeyp
      "training__grad_clip_norm": 50.0},
     {"training__warmup_epochs": 2, "training__n_groups": 48, "training__oversampling": True,
      "model__probe_trainable": True, "model__intensity_scale_trainable": True}])
+@pytest.mark.slow
 def test_interrupted_training_resumes_exactly_with_every_option(tiny, tmp_path, monkeypatch,
                                                                  options):
     """The resume state after epoch 3 (as a SIGKILL right after writing it would leave it)
