@@ -1,5 +1,6 @@
 # make run   - the default experiment end to end (config/config.yaml)
 # make test  - the whole test suite
+# make test-fast - the quick tests only (pytest -m "not slow": no end-to-end runs), < 4 min
 # make bench - the benchmarks and the method comparison: one table, benchmarks/runs/<UTC time>.json
 # make iterative - install the optional iterative reference (pty-chi); make test and bench do
 # make lint - rule files formatted (snakefmt) and linted (snakemake --lint; workflow/lint-allowed.yaml)
@@ -11,7 +12,7 @@ STAMP := $(VENV)/.installed
 ITERATIVE := $(VENV)/.installed-iterative
 PTYCHI := ptychi==2.2.0
 
-.PHONY: run test bench clean iterative lint
+.PHONY: run test test-fast bench clean iterative lint
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -36,6 +37,9 @@ run: $(STAMP)
 
 test: $(ITERATIVE)
 	$(PY) -m pytest -q
+
+test-fast: $(ITERATIVE)
+	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(PY) workflow/scripts/check_style.py

@@ -32,12 +32,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from ptycho_torch import audit  # noqa: E402
+from ptycho_torch import audit
 from ptycho_torch.evidence import StepReport, environment, new_run_id
-from ptycho_torch.files import write_atomic  # noqa: E402
+from ptycho_torch.files import write_atomic
+
+REPO = Path(__file__).resolve().parents[1]
 
 STEPS = ("prepare", "fit", "predict", "score", "summarize")
 EXPERIMENTS = ("alpha", "beta", "gamma", "delta")

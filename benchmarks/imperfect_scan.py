@@ -29,21 +29,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ptycho_torch import iterative  # noqa: E402
-from ptycho_torch.config_factory import resolve_config  # noqa: E402
-from ptycho_torch.dataset import true_positions  # noqa: E402
-from ptycho_torch.products import evaluate  # noqa: E402
-from ptycho_torch.metrics import position_rms_error, probe_error, probe_photon_ratio  # noqa: E402
-from ptycho_torch.simulate import simulate_dataset  # noqa: E402
+from ptycho_torch import iterative
+from ptycho_torch.config_factory import resolve_config
+from ptycho_torch.dataset import true_positions
+from ptycho_torch.products import evaluate
+from ptycho_torch.metrics import position_rms_error, probe_error, probe_photon_ratio
+from ptycho_torch.simulate import simulate_dataset
 
 CASES = {"positions": ({"data.scan.position_error_px": 1.0}, "iterative.position_correction"),
          "defocus": ({"data.probe.given_defocus_m": 1.0e-3}, "iterative.probe_refinement"),

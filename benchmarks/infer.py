@@ -59,21 +59,20 @@ from typing import Callable
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from ptycho_torch import infer, products
+from ptycho_torch.config import ExperimentConfig
+from ptycho_torch.config_factory import resolve_config
+from ptycho_torch.cxi import write_cxi
+from ptycho_torch.dataset import PtychoData
+from ptycho_torch.grouping import group_indices, relative_offsets
+from ptycho_torch.metrics import score
+from ptycho_torch.likelihood import ValidPixels
+from ptycho_torch.model import PtychoPINN, input_scale, load_model, save_checkpoint
+from ptycho_torch.simulate import simulate_dataset
+from ptycho_torch.stitch import scanned_region, stitch
+from ptycho_torch.execution import setup_execution
 
-from ptycho_torch import infer, products  # noqa: E402
-from ptycho_torch.config import ExperimentConfig  # noqa: E402
-from ptycho_torch.config_factory import resolve_config  # noqa: E402
-from ptycho_torch.cxi import write_cxi  # noqa: E402
-from ptycho_torch.dataset import PtychoData  # noqa: E402
-from ptycho_torch.grouping import group_indices, relative_offsets  # noqa: E402
-from ptycho_torch.metrics import score  # noqa: E402
-from ptycho_torch.likelihood import ValidPixels  # noqa: E402
-from ptycho_torch.model import PtychoPINN, input_scale, load_model, save_checkpoint  # noqa: E402
-from ptycho_torch.simulate import simulate_dataset  # noqa: E402
-from ptycho_torch.stitch import scanned_region, stitch  # noqa: E402
-from ptycho_torch.execution import setup_execution  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 TARGET = 1.0  # (sync + calibration + stitching) / network
 STEP_PARTS = infer.RECONSTRUCTION_PARTS + infer.AFTER_PARTS

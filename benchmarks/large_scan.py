@@ -50,7 +50,6 @@ N = 64
 def probe_file(path: Path) -> None:
     """A 64 x 64 complex probe: disk pupil (radius 9 px) with a smooth aberration (0.6 rad
     of astigmatism and coma), focused, Fresnel-propagated by 3 mm at 8 keV, 2 m, 75 um."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import torch
 
     from ptycho_torch import physics

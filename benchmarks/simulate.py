@@ -43,11 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from ptycho_torch import physics, simulate  # noqa: E402
-from ptycho_torch.config import DataConfig, ExecutionConfig  # noqa: E402
+from ptycho_torch import physics, simulate
+from ptycho_torch.config import DataConfig, ExecutionConfig
 
 TARGET = 0.8  # simulate patterns/s over the FFT+Poisson bound's
 
@@ -136,8 +133,7 @@ def peak():
 """
 
 CHILD_SIM = PEAK + """
-import json, sys, time
-sys.path.insert(0, {repo!r})
+import json, time
 from ptycho_torch import simulate
 from ptycho_torch.config import DataConfig
 from ptycho_torch.cxi import write_cxi
@@ -150,9 +146,8 @@ print(json.dumps({{"patterns": len(d.counts), "seconds": time.perf_counter() - t
 """
 
 CHILD_STREAM_WRITE = PEAK + """
-import json, sys
+import json
 import numpy as np
-sys.path.insert(0, {repo!r})
 from ptycho_torch.cxi import write_cxi
 from ptycho_torch.dataset import PtychoData
 base = peak_reset()
@@ -170,7 +165,6 @@ print(json.dumps({{"rss_before_mb": base, "peak_mb": peak()}}))
 
 CHILD_STREAM_READ = PEAK + """
 import json, sys, time
-sys.path.insert(0, {repo!r})
 from ptycho_torch.cxi import CountsReader
 base = peak_reset()
 t0 = time.perf_counter()
@@ -205,7 +199,7 @@ def memory(cfg: DataConfig, threads: int, n_default: int, quick: bool) -> dict:
     simulation (+ CXI write), and streaming write/read of a bigger data set."""
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "sim.cxi")
-        fmt = dict(repo=str(REPO), threads=threads, out=out)
+        fmt = dict(threads=threads, out=out)
         res = {"default": child(CHILD_SIM.format(size=cfg.object.train_size_px, **fmt))}
         big = size_for(cfg, 10 * n_default)
         res["x10"] = child(CHILD_SIM.format(size=big, **fmt))
@@ -215,9 +209,8 @@ def memory(cfg: DataConfig, threads: int, n_default: int, quick: bool) -> dict:
         n_stream, n_side = (2048, 64) if quick else (8192, 64)
         stream = {"patterns": n_stream, "N": n_side,
                   "counts_mb": n_stream * n_side ** 2 * 4 / 2 ** 20,
-                  "write": child(CHILD_STREAM_WRITE.format(n=n_stream, N=n_side, repo=str(REPO),
-                                                           out=out))}
-        stream["read"] = child(CHILD_STREAM_READ.format(repo=str(REPO), out=out))
+                  "write": child(CHILD_STREAM_WRITE.format(n=n_stream, N=n_side, out=out))}
+        stream["read"] = child(CHILD_STREAM_READ.format(out=out))
         stream["file_mb"] = Path(out).stat().st_size / 2 ** 20
         res["stream"] = stream
     for r in (res["default"], res["x10"], res["stream"]["write"], res["stream"]["read"]):

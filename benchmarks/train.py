@@ -47,21 +47,19 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from ptycho_torch import physics
+from ptycho_torch.config import ExperimentConfig
+from ptycho_torch.config_factory import resolve_config
+from ptycho_torch.dataset import PtychoData
+from ptycho_torch.grouping import group_indices, relative_offsets
+from ptycho_torch.model import PtychoPINN, input_scale, physics_loss
+from ptycho_torch.simulate import simulate_dataset
+from ptycho_torch.execution import setup_execution
+from ptycho_torch.train import train_model
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import torch  # noqa: E402
-
-from ptycho_torch import physics  # noqa: E402
-from ptycho_torch.config import ExperimentConfig  # noqa: E402
-from ptycho_torch.config_factory import resolve_config  # noqa: E402
-from ptycho_torch.dataset import PtychoData  # noqa: E402
-from ptycho_torch.grouping import group_indices, relative_offsets  # noqa: E402
-from ptycho_torch.model import PtychoPINN, input_scale, physics_loss  # noqa: E402
-from ptycho_torch.simulate import simulate_dataset  # noqa: E402
-from ptycho_torch.execution import setup_execution  # noqa: E402
-from ptycho_torch.train import train_model  # noqa: E402
-
 TARGET = 0.8
 
 

@@ -114,15 +114,23 @@ def fail_config(problems: list[str]) -> int:
     return 2
 
 
-def _attach_log(directory: Path, step: str) -> logging.Handler:
+def _attach_log(directory: Path, step: str) -> list[logging.Handler]:
+    """The step's log file ``<step>.log`` in ``directory`` and the console (the current
+    ``sys.stderr``), attached to the package's logger for the step's duration: the caller
+    detaches them (:func:`_detach_log`), so nothing outlives the step."""
     LOG.setLevel(logging.INFO)
-    handler = logging.FileHandler(directory / f"{step}.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    LOG.addHandler(handler)
-    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-               for h in LOG.handlers):
-        LOG.addHandler(logging.StreamHandler(sys.stderr))
-    return handler
+    file = logging.FileHandler(directory / f"{step}.log")
+    file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handlers = [file, logging.StreamHandler(sys.stderr)]
+    for handler in handlers:
+        LOG.addHandler(handler)
+    return handlers
+
+
+def _detach_log(handlers: list[logging.Handler]) -> None:
+    for handler in handlers:
+        LOG.removeHandler(handler)
+        handler.close()
 
 
 def _remove(paths: list[Path]) -> None:
@@ -158,7 +166,7 @@ def run_step(step: str, args: argparse.Namespace, products: list[Path],
         return fail_config([f"--report-dir: {args.report_dir} already exists; "
                             "each run writes a fresh step directory"])
     args.report_dir.mkdir(parents=True)
-    handler = _attach_log(args.report_dir, step)
+    handlers = _attach_log(args.report_dir, step)
     rep = StepReport(args.report_dir, step, products, config_hash(cfg), cfg.seed,
                      inputs=list(inputs or []), sealed=sealable(sealed or []))
     LOG.info("%s: run %s, experiment %s, config %s", step, rep.run_id, cfg.experiment,
@@ -170,8 +178,7 @@ def run_step(step: str, args: argparse.Namespace, products: list[Path],
         if missing:
             raise RuntimeError(f"the step did not write its product(s): {', '.join(missing)}")
     except (ConfigError, DataFileError) as exc:
-        LOG.removeHandler(handler)
-        handler.close()
+        _detach_log(handlers)
         _remove(products)
         _remove_report_dir(args.report_dir)
         return fail_config(getattr(exc, "problems", [str(exc)]))
@@ -188,8 +195,7 @@ def run_step(step: str, args: argparse.Namespace, products: list[Path],
         rep.finish(ok=False)
         return 1
     finally:
-        LOG.removeHandler(handler)
-        handler.close()
+        _detach_log(handlers)
     rep.finish(ok=True)
     print(f"{step}: {rep.verdict}\n  report: {args.report_dir}", file=sys.stderr)
     return 0

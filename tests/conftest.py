@@ -171,3 +171,27 @@ def npz_edit(path: Path, **changes) -> None:
         else:
             arrays[key] = value
     np.savez(path, **arrays)
+
+
+# The tiny experiment as a mapping, for in-process training (tests/test_model.py,
+# test_train.py, test_distributed.py): N = 16, 2 epochs, one thread.
+TINY_EXPERIMENT = {"experiment": "tiny",
+                   "data": {"N": 16, "object": {"train_size_px": 40, "test_size_px": 40},
+                            "probe": {"pupil_radius_px": 3.0}},
+                   "training": {"epochs": 2, "batch_size": 8}, "execution": {"threads": 1}}
+
+
+def tiny_config(**overrides):
+    """TINY_EXPERIMENT with dotted-key overrides (``training__epochs=3`` for
+    ``training.epochs``)."""
+    from ptycho_torch.config_factory import resolve_config
+    return resolve_config(TINY_EXPERIMENT, {k.replace("__", "."): v for k, v in overrides.items()})
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """TINY_EXPERIMENT's config and a simulated scan of 40 positions (once per module)."""
+    from ptycho_torch.config_factory import resolve_config
+    from ptycho_torch.simulate import simulate_dataset
+    cfg = resolve_config(TINY_EXPERIMENT)
+    return cfg, simulate_dataset(cfg.data, 40, (cfg.seed, 0))

@@ -112,6 +112,7 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
 
 # ---------------------------------------------------------------- run directories and manifests
 
+@pytest.mark.slow
 def test_two_invocations_make_two_run_directories_and_an_idle_one_none(project):
     assert project.first != project.second
     assert [p.name for p in run_dirs(project.workdir)] == [project.first, project.second]
@@ -121,6 +122,7 @@ def test_two_invocations_make_two_run_directories_and_an_idle_one_none(project):
     assert os.readlink(project.workdir / "reports" / "latest") == project.second
 
 
+@pytest.mark.slow
 def test_manifests_record_full_provenance(project):
     run = project.workdir / "reports" / project.first / EXP
     made: dict[str, str] = {}
@@ -144,6 +146,7 @@ def test_manifests_record_full_provenance(project):
         set(json.loads((run / "train" / MANIFEST).read_text())["inputs"])
 
 
+@pytest.mark.slow
 def test_the_run_index_records_every_step_and_its_manifest(project):
     run = project.workdir / "reports" / project.first
     index = json.loads((run / "index.json").read_text())
@@ -168,6 +171,7 @@ def test_code_version_outside_git_and_in_a_repository_without_commits(tmp_path):
     assert code_version(tmp_path) == {"git_commit": commit, "dirty": True}
 
 
+@pytest.mark.slow
 def test_invalid_config_json_is_refused_with_status_2(tmp_path):
     out = run_step("simulate", "--config-json", "{not json", "--train-out", "train.cxi",
                    "--test-out", "test.cxi", "--report-dir",
@@ -226,6 +230,7 @@ def test_a_step_refused_during_its_body_leaves_no_run_directory(tmp_path):
 
 # ---------------------------------------------------------------- the untouched tree
 
+@pytest.mark.slow
 def test_untouched_tree_audits_clean_and_the_audit_writes_nothing(project, tmp_path):
     root = copy_tree(project, tmp_path)
     before = snapshot(root)
@@ -240,6 +245,7 @@ def test_untouched_tree_audits_clean_and_the_audit_writes_nothing(project, tmp_p
     assert snapshot(root) == before
 
 
+@pytest.mark.slow
 def test_auditing_one_run_flags_products_of_the_other_as_information(project):
     reports = project.workdir / "reports"
     status, doc = run_audit(str(reports / project.second))
@@ -408,6 +414,7 @@ SNAKEMAKE_MUTATIONS = {
 MUTATIONS.update(SNAKEMAKE_MUTATIONS)
 
 
+@pytest.mark.slow
 def test_snakemake_files_are_sealed_and_the_rest_said_not_covered(project, tmp_path):
     """Each step's log and benchmark are sealed by the report after it; the report's own
     two files (written while and after it runs) are listed as not covered, with the reason."""
@@ -440,6 +447,7 @@ def test_a_sealed_file_rewritten_by_a_later_step_is_a_warning_not_a_finding():
 
 
 @pytest.mark.parametrize("name", MUTATIONS)
+@pytest.mark.slow
 def test_the_audit_names_each_damage(project, tmp_path, name):
     mutate, item, words = MUTATIONS[name]
     root = copy_tree(project, tmp_path)
@@ -478,6 +486,7 @@ def test_strict_makes_warnings_findings(tmp_path):
     assert all("dirty" in r.message for r in res.rows if r.level == "warning")
 
 
+@pytest.mark.slow
 def test_a_thousand_step_reports(tmp_path):
     reports = load_benchmark().make_tree(tmp_path, 1000, 256, 256, env=FIXED_ENV)
     res = audit.audit([reports])
@@ -492,6 +501,7 @@ def test_a_thousand_step_reports(tmp_path):
 
 # ---------------------------------------------------------------- through Snakemake
 
+@pytest.mark.slow
 def test_snakemake_audit_target(project):
     before = run_dirs(project.workdir)
     out = run_snakemake(project.workdir, "audit", *project.args())
@@ -504,6 +514,7 @@ def test_snakemake_audit_target(project):
     assert again.returncode == 0 and "Nothing to be done" in again.stdout, again.stdout
 
 
+@pytest.mark.slow
 def test_snakemake_audit_target_fails_on_a_finding_and_reruns_nothing(project, tmp_path):
     workdir = copy_tree(project, copy_workflow(tmp_path))
     shutil.copy2(project.workdir / "stitch.yaml", workdir / "stitch.yaml")
@@ -517,6 +528,7 @@ def test_snakemake_audit_target_fails_on_a_finding_and_reruns_nothing(project, t
     assert [p.name for p in run_dirs(workdir)] == [project.first, project.second]
 
 
+@pytest.mark.slow
 def test_snakemake_html_report_has_the_figures_and_captions(project):
     before = run_dirs(project.workdir)
     out = run_snakemake(project.workdir, *project.args(), "--report", "report.html")

@@ -236,11 +236,13 @@ def test_an_unavailable_method_keeps_its_row_and_the_rest_is_compared(two_method
 
 # ---------------------------------------------------------------- the CLI
 
+@pytest.mark.slow
 def test_cli_help():
     out = run_step("compare", "--help", cwd=Path.cwd())
     assert out.returncode == 0 and "--method NAME" in out.stdout
 
 
+@pytest.mark.slow
 def test_cli_writes_products_and_evidence(two_methods):
     run_dir = Path("reports/2026-01-01T000100Z")
     out = run_step("compare", "--config-json", json.dumps({"experiment": EXP}),
@@ -258,6 +260,7 @@ def test_cli_writes_products_and_evidence(two_methods):
     assert "reports/2026-01-01T000000Z/a/train/manifest.json" in manifest["inputs"]
 
 
+@pytest.mark.slow
 def test_cli_refuses_different_test_objects_and_writes_nothing(two_methods):
     Path("results/b/metrics.json").write_text(json.dumps(metrics((1, 1, 1), (1, 1, 1), n=99)))
     out = run_step("compare", "--method", "a", "results/a/metrics.json",
@@ -269,6 +272,7 @@ def test_cli_refuses_different_test_objects_and_writes_nothing(two_methods):
     assert not Path("reports/2026-01-01T000100Z").exists()
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_metrics_file_without_the_metrics(two_methods):
     Path("results/b/metrics.json").write_text(json.dumps({"amplitude": {"psnr": 1.0}}))
     out = run_step("compare", "--method", "a", "results/a/metrics.json",
@@ -278,6 +282,7 @@ def test_cli_refuses_a_metrics_file_without_the_metrics(two_methods):
     assert not Path("results/compare").exists()
 
 
+@pytest.mark.slow
 def test_cli_needs_two_methods(two_methods):
     out = run_step("compare", "--method", "a", "results/a/metrics.json", "--out-dir", "x",
                    "--report-dir", "reports/2026-01-01T000100Z/tiny/compare", cwd=two_methods)

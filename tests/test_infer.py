@@ -27,6 +27,8 @@ from ptycho_torch.model import load_model, save_checkpoint
 from ptycho_torch.simulate import simulate_dataset
 from ptycho_torch.train import train_model, write_history
 
+pytestmark = pytest.mark.slow  # every test needs `scan`: a model trained once (~10 s)
+
 FAST = ("--set", "inference.calibration_iterations=10", "--threads", "1")
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -171,7 +173,6 @@ def test_a_missing_data_file_is_refused_and_nothing_written(scan, capsys, monkey
 
 # ---------------------------------------------------------------- the infer_file target
 
-@pytest.mark.slow
 def test_infer_file_target_reconstructs_any_file_with_any_model(scan, tmp_path):
     """A PtychoPINN NPZ without objectGuess, a model from elsewhere: only infer_file runs."""
     workdir = copy_workflow(tmp_path)

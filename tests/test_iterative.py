@@ -63,6 +63,7 @@ def test_checkpoints_are_about_ten_per_decade_and_end_at_the_last_epoch():
 
 
 @needs_ptychi
+@pytest.mark.slow
 def test_ptychi_imports_in_this_environment():
     api, task_class = iterative.import_ptychi()
     assert hasattr(api, "LSQMLOptions") and hasattr(api, "EPIEOptions")
@@ -101,6 +102,7 @@ def reconstructed(easy_data, tmp_path_factory) -> Path:
 
 
 @needs_ptychi
+@pytest.mark.slow
 def test_lsqml_recovers_the_known_object(reconstructed):
     m = json.loads((reconstructed / "out/metrics.json").read_text())
     assert m["method"]["engine"] == "lsqml" and m["method"]["version"] == "2.2.0"
@@ -116,6 +118,7 @@ def test_lsqml_recovers_the_known_object(reconstructed):
 
 
 @needs_ptychi
+@pytest.mark.slow
 def test_convergence_is_recorded_at_the_checkpoints(reconstructed):
     m = json.loads((reconstructed / "out/metrics.json").read_text())
     curve = m["convergence"]
@@ -133,6 +136,7 @@ def test_convergence_is_recorded_at_the_checkpoints(reconstructed):
 
 
 @needs_ptychi
+@pytest.mark.slow
 def test_the_step_writes_the_infer_products_and_evidence(reconstructed):
     out = reconstructed / "out"
     for name in iterative.ALWAYS + iterative.WITH_PTYCHI:
@@ -145,6 +149,7 @@ def test_the_step_writes_the_infer_products_and_evidence(reconstructed):
     assert "lsqml, 30 epochs" in (step / "summary.md").read_text()
 
 
+@pytest.mark.slow
 def test_without_ptychi_the_step_reports_it_and_writes_what_compare_needs(
         easy_data, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ptychi", None)  # `import ptychi` now fails
@@ -161,6 +166,7 @@ def test_without_ptychi_the_step_reports_it_and_writes_what_compare_needs(
     assert problem is None and manifest["numbers"]["available"] is False
 
 
+@pytest.mark.slow
 def test_a_missing_data_file_is_refused_and_nothing_is_written(tmp_path):
     out = run_step("iterative", "--data", "absent.cxi", "--out-dir", "out", "--report-dir",
                    f"reports/{RUN}/x/iterative", cwd=tmp_path)
@@ -183,6 +189,7 @@ def hybrid(reconstructed, easy_data) -> Path:
 
 
 @needs_ptychi
+@pytest.mark.slow
 def test_the_hybrid_starts_from_exactly_the_given_object_and_counts_its_time(hybrid):
     start = json.loads((hybrid / "out/metrics.json").read_text())
     m = json.loads((hybrid / "hybrid/metrics.json").read_text())
@@ -200,6 +207,7 @@ def test_the_hybrid_starts_from_exactly_the_given_object_and_counts_its_time(hyb
     assert any(k.endswith("out/reconstruction.npz") for k in manifest["inputs"])
 
 
+@pytest.mark.slow
 def test_a_start_that_does_not_fit_or_has_no_record_is_refused(easy_data, tmp_path):
     np.savez(tmp_path / "small.npz", object=np.ones((8, 8), np.complex64))
     cfg = resolve_config(EASY)
@@ -235,6 +243,7 @@ def corrected(tmp_path_factory) -> Path:
 
 
 @needs_ptychi
+@pytest.mark.slow
 def test_position_correction_reduces_the_position_error_and_ships_the_corrected_positions(
         corrected):
     m = json.loads((corrected / "out/metrics.json").read_text())
@@ -257,6 +266,7 @@ def test_position_correction_reduces_the_position_error_and_ships_the_corrected_
 
 
 @needs_ptychi
+@pytest.mark.slow
 def test_probe_refinement_reports_the_given_and_the_refined_probe_against_the_truth(tmp_path):
     """The easy scan given a probe 1 mm out of its focus plane (defocus 5 -> 6 mm): pty-chi's
     probe refinement (30 epochs) ends nearer the true probe, and says so."""

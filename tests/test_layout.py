@@ -99,6 +99,7 @@ def step_imports(graph: dict[str, set[str]], steps: set[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("module", NETWORK_FREE)
+@pytest.mark.slow
 def test_scoring_stitching_physics_and_config_do_not_import_the_network(module):
     via = reachable(import_graph(), module)
     for network in NETWORK:
@@ -120,6 +121,7 @@ def test_the_step_rule_sees_a_step_importing_a_step():
     assert step_imports(graph, {"infer"}) == []
 
 
+@pytest.mark.slow
 def test_the_package_has_no_import_cycle():
     cycle = find_cycle(import_graph())
     assert not cycle, "import cycle: " + " -> ".join(cycle)

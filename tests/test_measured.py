@@ -231,6 +231,7 @@ def test_fine_tuning_starts_from_the_given_weights(tmp_path, scan):
         _config(epochs=0)
 
 
+@pytest.mark.slow
 def test_a_resume_state_wins_over_the_initial_model(tmp_path, scan):
     source = _checkpoint(tmp_path / "source.pt", _config(), seed=123)
     cfg = _config(epochs=1, init_model=str(tmp_path / "source.pt"))
@@ -241,6 +242,7 @@ def test_a_resume_state_wins_over_the_initial_model(tmp_path, scan):
     assert not _equal(resumed.state_dict(), source)
 
 
+@pytest.mark.slow
 def test_the_train_manifest_records_the_initial_model(tmp_path, monkeypatch, scan):
     """The start weights are an input of the trained model: the audit can check them."""
     monkeypatch.chdir(tmp_path)

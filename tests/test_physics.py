@@ -262,6 +262,7 @@ def _unit_probe(N: int) -> np.ndarray:
                                       physics.object_pixel_size_m(8000.0, 2.0, 75e-6, N)).numpy()
 
 
+@pytest.mark.slow
 def test_poisson_counts_of_constant_object():
     """Every pattern of a constant object has the same expected intensity: check
     the mean total counts, and per pixel mean == variance (Poisson)."""

@@ -10,6 +10,8 @@ check fails here:
 * ``help``: Python commands, run with ``--help``: the module or script must import and
   parse its arguments (their real runs are in the benchmarks and the tests below);
 * ``ci``: make targets, each a line of ``.ci/run``;
+* ``make``: make targets CI does not run (``make test-fast``: a part of ``make test``), run
+  with ``make -n``: the target and its prerequisites must exist;
 * ``test``: commands whose real run a named test performs (checked to exist).
 """
 
@@ -28,6 +30,7 @@ from conftest import REPO, TINY, clean_env, copy_workflow
 
 # (command pattern, how it is covered, the argument of that check)
 COVERAGE: tuple[tuple[str, str, str], ...] = (
+    (r"make test-fast\b", "make", ""),
     (r"make (run|test|lint)\b", "ci", ""),
     (r"make bench\b", "help", "benchmarks/run_all.py"),
     (r"\.venv/bin/snakemake .*--report ", "test",
@@ -82,6 +85,13 @@ def test_the_tests_named_for_readme_commands_exist():
                 f"{node} (named for {command!r}) does not exist"
 
 
+@pytest.mark.parametrize("command", [c for c in readme_commands() if coverage(c)[0] == "make"])
+def test_readme_make_target_resolves_as_a_dry_run(command):
+    run = subprocess.run([*shlex.split(command), "-n"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0, f"{command!r} -n: exit {run.returncode}\n{run.stderr[-3000:]}"
+
+
 def dry_run_argv(command: str) -> list[str]:
     """The Snakemake command as a dry run with this interpreter; ``my.yaml`` the tiny config."""
     words = [TINY if w == "my.yaml" else w for w in shlex.split(command)[1:]]
@@ -99,6 +109,7 @@ def placeholder_workflow(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("command", [c for c in readme_commands()
                                      if coverage(c)[0] == "dry-run"])
+@pytest.mark.slow
 def test_readme_snakemake_command_resolves_as_a_dry_run(command, placeholder_workflow):
     run = subprocess.run(dry_run_argv(command), cwd=placeholder_workflow, env=clean_env(),
                          capture_output=True, text=True, timeout=300)
@@ -106,7 +117,14 @@ def test_readme_snakemake_command_resolves_as_a_dry_run(command, placeholder_wor
     assert "Job stats" in run.stdout + run.stderr or "Nothing to be done" in run.stdout + run.stderr
 
 
-@pytest.mark.parametrize("command", [c for c in readme_commands() if coverage(c)[0] == "help"])
+# scripts that import torch before parsing their arguments: ~2 s each on 2 shared cores
+TORCH_AT_START = ("benchmarks/imperfect_scan.py", "benchmarks/infer.py", "benchmarks/simulate.py",
+                  "benchmarks/train.py")
+
+
+@pytest.mark.parametrize("command", [
+    pytest.param(c, marks=pytest.mark.slow) if any(s in c for s in TORCH_AT_START) else c
+    for c in readme_commands() if coverage(c)[0] == "help"])
 def test_readme_python_command_parses_its_arguments(command):
     kind, script = coverage(command)
     words = shlex.split(command)

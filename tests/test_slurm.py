@@ -37,8 +37,6 @@ import yaml
 from conftest import REPO, TINY, clean_env, copy_workflow, jobs_run
 from ptycho_torch.evidence import RUN_ID_PATTERN
 
-pytestmark = pytest.mark.slow  # a real cluster run: 2-4 min on 2 shared cores (load 5-8)
-
 HARNESS = REPO / "tests" / "slurm" / "local_slurm.sh"
 PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
 REQUIRE_SLURM = os.environ.get("PTYCHO_REQUIRE_SLURM") == "1"
@@ -214,6 +212,7 @@ def cluster_run(slurm_env, tmp_path_factory) -> ClusterRun:
     return ClusterRun(workdir, out, local, jobs, cpus, submitted, marker)
 
 
+@pytest.mark.slow
 def test_every_cluster_step_ran_as_its_own_slurm_job(cluster_run):
     run = cluster_run
     assert {"simulate", "train", "infer"} <= SLURM_STEPS  # the heavy steps never run locally
@@ -243,6 +242,7 @@ def job_threads(output: str) -> dict[str, int]:
     return found
 
 
+@pytest.mark.slow
 def test_each_job_asks_slurm_for_as_many_cpus_as_its_rule_has_threads(cluster_run):
     """--cpus-per-task = the rule's threads for every job (train: threads x processes, 1
     process here), as slurmctld granted it; the timed steps have THREADS, the others 1, so
@@ -253,6 +253,7 @@ def test_each_job_asks_slurm_for_as_many_cpus_as_its_rule_has_threads(cluster_ru
     assert granted == {(rule, job): threads[rule] for rule, job in cluster_run.submitted}
 
 
+@pytest.mark.slow
 def test_all_steps_share_one_run_id(cluster_run):
     runs = [p for p in (cluster_run.workdir / "reports").iterdir() if RUN_ID_PATTERN.match(p.name)]
     assert len(runs) == 1, runs
@@ -271,6 +272,7 @@ def history_without_wall_time(path: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 def test_products_equal_those_of_a_local_run(cluster_run):
     products = sorted(p.relative_to(cluster_run.workdir)
                       for step in ("simulate", "validate", "train", "infer")
@@ -293,6 +295,7 @@ def test_products_equal_those_of_a_local_run(cluster_run):
             == json.loads((cluster_run.local / metrics).read_text()))
 
 
+@pytest.mark.slow
 def test_a_job_that_fails_once_is_retried_and_the_pipeline_completes(cluster_run):
     run = cluster_run
     assert run.marker.is_file()  # the injected failure happened
@@ -363,6 +366,7 @@ def asked(rule: str) -> dict[str, str]:
     return {k: str(eval(str(v), {"attempt": 1})) for k, v in given.items()}  # "120 * attempt"
 
 
+@pytest.mark.slow
 def test_dry_run_without_slurm_shows_what_each_job_requests(tmp_path):
     _, out = dry_run_without_slurm(tmp_path)
     assert jobs_run(out) == {*STEPS, "all"}
@@ -376,6 +380,7 @@ def test_dry_run_without_slurm_shows_what_each_job_requests(tmp_path):
     assert f"--threads {threads} " in out  # what the step's torch gets
 
 
+@pytest.mark.slow
 def test_the_solver_steps_ask_for_their_own_memory_and_time(tmp_path):
     _, out = dry_run_without_slurm(tmp_path, "compare")
     resources = dry_run_resources(out)

@@ -23,8 +23,6 @@ from ptycho_torch.config import ExperimentConfig
 from ptycho_torch.config_factory import resolve_config
 from ptycho_torch.evidence import RUN_ID_PATTERN, sha256_file
 
-pytestmark = pytest.mark.slow  # real Snakemake runs (seconds each; the end-to-end run ~30 s)
-
 STEPS = ("simulate", "validate", "train", "infer", "report")
 EXP = "tiny"
 PRODUCTS = {
@@ -72,6 +70,7 @@ def test_default_config_is_complete_and_valid():
     assert keys(loaded) == keys(dataclasses.asdict(ExperimentConfig()))
 
 
+@pytest.mark.slow
 def test_dry_run_of_the_default_config_lists_every_rule(workflow_copy):
     out = run_snakemake(workflow_copy, "--dry-run")
     assert out.returncode == 0, out.stdout
@@ -79,6 +78,7 @@ def test_dry_run_of_the_default_config_lists_every_rule(workflow_copy):
     assert not (workflow_copy / "results").exists() and not (workflow_copy / "reports").exists()
 
 
+@pytest.mark.slow
 def test_timed_steps_declare_the_threads_their_torch_uses(workflow_copy):
     """Training and reconstruction times are reported (compare, studies): each of those steps
     asks the scheduler for the cores its torch uses (execution.threads, 2 by default) and
@@ -92,12 +92,14 @@ def test_timed_steps_declare_the_threads_their_torch_uses(workflow_copy):
         assert " --threads 2 " in job.group(2), rule
 
 
+@pytest.mark.slow
 def test_named_targets_stop_at_their_step(workflow_copy):
     out = run_snakemake(workflow_copy, "train", "--dry-run", "--configfile", TINY)
     assert out.returncode == 0, out.stdout
     assert jobs_run(out.stdout) == {"simulate", "validate", "train"}
 
 
+@pytest.mark.slow
 def test_bad_settings_fail_before_any_step_naming_every_key(workflow_copy):
     (workflow_copy / "bad.yaml").write_text(
         "model:\n  n_filters_scale: 0\ntraining:\n  epoch: 3\n")
@@ -109,6 +111,7 @@ def test_bad_settings_fail_before_any_step_naming_every_key(workflow_copy):
     assert not (workflow_copy / "reports").exists()
 
 
+@pytest.mark.slow
 def test_a_malformed_run_id_is_refused(workflow_copy):
     out = run_snakemake(workflow_copy, "--dry-run", "--config", "run_id=yesterday")
     assert out.returncode != 0 and "run_id" in out.stdout
@@ -132,6 +135,7 @@ def first(tmp_path_factory) -> FirstRun:
     return FirstRun(workdir, out, run_dir)
 
 
+@pytest.mark.slow
 def test_every_product_exists(first):
     for step, names in PRODUCTS.items():
         for name in names:
@@ -143,6 +147,7 @@ def test_every_product_exists(first):
     assert {"mae", "psnr", "ssim", "frc50"} <= set(metrics["amplitude"]) & set(metrics["phase"])
 
 
+@pytest.mark.slow
 def test_every_step_left_complete_evidence_under_one_run_id(first):
     assert sorted(p.name for p in (first.run_dir / EXP).iterdir()) == sorted(STEPS)
     for step in STEPS:
@@ -157,6 +162,7 @@ def test_every_step_left_complete_evidence_under_one_run_id(first):
         assert {f"results/{EXP}/{step}/{n}" for n in PRODUCTS[step]} <= set(manifest["products"])
 
 
+@pytest.mark.slow
 def test_the_run_index_and_reports_latest(first):
     index = (first.run_dir / "index.md").read_text()
     assert "| amplitude |" in index and "| phase |" in index
@@ -173,6 +179,7 @@ def test_the_run_index_and_reports_latest(first):
     assert f"../../../reports/{first.run_dir.name}/{EXP}/report/loss.png" in copy
 
 
+@pytest.mark.slow
 def test_snakemake_html_report(first):
     out = run_snakemake(first.workdir, "--configfile", TINY, "--report", "report.html")
     assert out.returncode == 0, out.stdout
@@ -202,12 +209,14 @@ def reruns(first) -> Reruns:
     return Reruns(unchanged, epochs, before)
 
 
+@pytest.mark.slow
 def test_second_run_has_nothing_to_do_and_makes_no_run_directory(first, reruns):
     assert reruns.unchanged.returncode == 0, reruns.unchanged.stdout
     assert "Nothing to be done" in reruns.unchanged.stdout
     assert jobs_run(reruns.unchanged.stdout) == set()
 
 
+@pytest.mark.slow
 def test_changing_epochs_reruns_training_and_after_but_not_simulation(first, reruns):
     assert reruns.epochs.returncode == 0, reruns.epochs.stdout
     assert jobs_run(reruns.epochs.stdout) == {"validate", "train", "infer", "report", "all"}
@@ -227,6 +236,7 @@ def test_changing_epochs_reruns_training_and_after_but_not_simulation(first, rer
     assert os.readlink(first.workdir / "reports" / "latest") == new.name
 
 
+@pytest.mark.slow
 def test_execution_settings_rerun_nothing(first, reruns):
     (first.workdir / "execution.yaml").write_text("execution:\n  threads: 2\n  device: cpu\n")
     out = run_snakemake(first.workdir, "--dry-run", "--configfile", TINY, "epochs.yaml",
@@ -234,6 +244,7 @@ def test_execution_settings_rerun_nothing(first, reruns):
     assert out.returncode == 0 and "Nothing to be done" in out.stdout, out.stdout
 
 
+@pytest.mark.slow
 def test_inference_settings_rerun_only_inference_and_report(first, reruns):
     (first.workdir / "inference.yaml").write_text("inference:\n  stitch: uniform\n")
     out = run_snakemake(first.workdir, "--dry-run", "--configfile", TINY, "epochs.yaml",
@@ -242,6 +253,7 @@ def test_inference_settings_rerun_only_inference_and_report(first, reruns):
     assert jobs_run(out.stdout) == {"infer", "report", "all"}
 
 
+@pytest.mark.slow
 def test_code_changes_rerun_the_steps_that_import_it(first, reruns):
     model = first.workdir / "ptycho_torch" / "model.py"
     model.write_text(model.read_text() + "\n# edited\n")

@@ -1,6 +1,6 @@
 """Config factory: every bad input is named by its key path; precedence; payload round trip.
 
-Run with ``CUDA_VISIBLE_DEVICES="" pytest tests/torch/test_config_factory.py -vv``.
+Run with ``CUDA_VISIBLE_DEVICES="" pytest tests/test_config_factory.py -vv``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ptycho_torch.config_factory import (ConfigError, config_hash, create_infere
 from ptycho_torch.cxi import write_cxi
 from ptycho_torch.dataset import PtychoData
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 COUNTS = "/entry_1/instrument_1/detector_1/data"
 
 # A config that fits the small synthetic data files below (N = 8, 6 patterns).
@@ -628,6 +628,7 @@ def cli_runs(_cli_procs) -> dict:
     ("multi", ["data.N", "trainng", "data.nphoton"]),
     ("yaml", ["training.loss"]),
 ])
+@pytest.mark.slow
 def test_cli_subprocess_exit_2_and_writes_nothing(cli_runs, case, keys):
     r = cli_runs[case]
     assert r["rc"] == 2, r["stderr"]
