@@ -21,7 +21,7 @@ from ptycho_torch.config_factory import ConfigError, resolve_config
 from ptycho_torch.model import PtychoPINN
 from ptycho_torch.simulate import simulate_dataset
 from ptycho_torch.distributed import Launch, launch_from_env
-from test_train import TINY, _train_cmd, _write_payload  # tests/ is on sys.path under pytest
+from test_train import TINY, _train_cmd, _write_payload  # pytest puts tests/ on the import path
 
 pytestmark = pytest.mark.slow  # torchrun and training subprocesses: 15-35 s each
 
