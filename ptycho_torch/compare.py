@@ -12,8 +12,12 @@ of methods (at least two) can be compared; a method without a model (an iterativ
 has no training cost.
 
 Quality: PSNR, SSIM and FRC50 of amplitude and phase, read from each metrics file (all
-higher-is-better; FRC50 in cycles/px, 0.5 = Nyquist). The metrics files must describe the
-same test object (same scored region and number of patterns), or the step refuses (exit 2).
+higher-is-better; FRC50 in cycles/px, 0.5 = Nyquist), and the figures that need no ground
+truth (``quality``: the R-factor over its Poisson noise floor and the half-data FRC
+resolution, lower is better). Without ground truth (metrics files with ``"ground_truth":
+false`` and a ``quality`` record) the methods are ranked by those alone. The metrics files
+must describe the same test object (same scored region and number of patterns), or the
+step refuses (exit 2).
 
 Cost: the seconds each step measured itself (train: ``train_seconds``, the training loop;
 infer: ``reconstruction_seconds``, network + stitching), read from the manifest of the step
@@ -50,8 +54,8 @@ from pathlib import Path
 from typing import Any
 
 from ptycho_torch import cli, figures
-from ptycho_torch.comparison import (COSTS, METRICS, PARTS, build_comparison, check_same_test,
-                                     markdown)
+from ptycho_torch.comparison import (COSTS, METRICS, NO_TRUTH, PARTS, build_comparison,
+                                     check_same_test, markdown, no_truth_figures)
 from ptycho_torch.config import ExperimentConfig
 from ptycho_torch.config_factory import ConfigError
 from ptycho_torch.data import data_format
@@ -94,14 +98,17 @@ def method_entry(name: str, metrics_file: Path, model_file: Path | None,
     unavailable = m.get("unavailable") if isinstance(m, dict) else None
     missing = [f"{part}.{k}" for part in PARTS for k in METRICS
                if not isinstance(m.get(part), dict) or not isinstance(m[part].get(k), (int, float))]
-    if missing and not unavailable:
+    without_truth = m.get("ground_truth") is False and isinstance(m.get("quality"), dict)
+    if missing and not unavailable and not without_truth:
         raise ConfigError([f"--method {name}: {metrics_file} lacks {', '.join(missing)}"])
     entry: dict[str, Any] = {
         "name": name, "metrics_file": path_key(metrics_file),
         "metrics_sha256": sha256_file(metrics_file),
         "model_file": path_key(model_file) if model_file else None,
         "unavailable": unavailable,
-        **{part: {k: None if unavailable else m[part][k] for k in METRICS} for part in PARTS},
+        **{part: {k: None if unavailable or without_truth else m[part][k] for k in METRICS}
+           for part in PARTS},
+        "quality": no_truth_figures(m),
         "n_test_patterns": m.get("n_patterns"), "region": m.get("region"),
         "alignment": m.get("alignment"), "evidence": {},
         "convergence": m.get("convergence"), "time_to_target": m.get("time_to_target")}
@@ -191,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         for m in rows:
             rep.record({f"{m['name']}_{p}_{k}": m[p][k] for p in PARTS for k in METRICS})
             rep.record({f"{m['name']}_{c}": m[c] for c in COSTS})
+            rep.record({f"{m['name']}_{k}": m["quality"][k] for k in NO_TRUTH})
         for q in comparison["time_to_quality"]:
             rep.record({f"{q['method']}_seconds_to_{q['matches']}_psnr": q.get("seconds")})
         rep.verdict = comparison["verdict"]

@@ -4,7 +4,13 @@ and the studies.
 
 A method is a dict as the compare step builds it (``name``, amplitude and phase ``psnr``,
 ``ssim``, ``frc50``, ``training_seconds``, ``reconstruction_seconds``, an optional
-``convergence`` curve ``[{"epoch", "seconds", "amplitude": {"psnr", ...}, "phase": ...}]``).
+``convergence`` curve ``[{"epoch", "seconds", "amplitude": {"psnr", ...}, "phase": ...}]``,
+and ``quality``: the figures without ground truth, :func:`no_truth_figures`).
+
+Without ground truth (no method has a PSNR) the methods are ranked by those figures alone:
+the R-factor against the measured counts over its Poisson noise floor (lower is better:
+1 explains the counts down to their photon noise) and the half-data FRC resolution (finer,
+i.e. lower, is better). With ground truth they are columns beside the PSNR, SSIM and FRC50.
 """
 
 from __future__ import annotations
@@ -35,6 +41,42 @@ COST_LABELS = {"training_seconds": "training", "reconstruction_seconds": "recons
 
 
 FINAL_MARGIN_DB = 0.5  # "the solver's quality": its final PSNR less this
+
+
+NO_TRUTH = ("r_factor_over_noise", "half_frc_resolution_nm")  # lower is better: ranked
+
+
+NO_TRUTH_LABELS = {"r_factor": "R-factor", "r_factor_over_noise": "R / noise floor",
+                   "half_frc_resolution_nm": "half-data FRC resolution (nm)"}
+
+
+def no_truth_figures(metrics: dict[str, Any]) -> dict[str, float | None]:
+    """A method's figures without ground truth from its ``metrics.json`` ``quality``
+    (:func:`ptycho_torch.quality.assess_reconstruction`): the R-factor, its Poisson noise
+    floor and their ratio (dimensionless), and the half-data FRC resolution at the 1/2-bit
+    threshold (nm; None where not computed). All None without a ``quality`` record."""
+    q = metrics.get("quality") if isinstance(metrics.get("quality"), dict) else {}
+    c, h = q.get("data_consistency") or {}, q.get("half_data_frc") or {}
+    return {"r_factor": c.get("r_factor"),
+            "r_factor_poisson_expected": c.get("r_factor_poisson_expected"),
+            "r_factor_over_noise": c.get("r_factor_over_noise"),
+            "half_frc_resolution_nm": h.get("resolution_half_bit_nm")}
+
+
+def has_ground_truth(methods: list[dict[str, Any]]) -> bool:
+    """Whether any available method is scored against a ground truth (has a PSNR)."""
+    return any(m[p]["psnr"] is not None for m in methods if not m["unavailable"] for p in PARTS)
+
+
+def ranking_without_truth(methods: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """For each of :data:`NO_TRUTH`: the available methods that have it, best (lowest)
+    first."""
+    out = {}
+    for key in NO_TRUTH:
+        known = [m for m in methods if not m["unavailable"]
+                 and (m.get("quality") or {}).get(key) is not None]
+        out[key] = [m["name"] for m in sorted(known, key=lambda m: m["quality"][key])]
+    return out
 
 
 def _shown(v: float | None) -> float | None:
@@ -165,10 +207,16 @@ def build_comparison(methods: list[dict[str, Any]], experiment: str) -> dict[str
     winners = {f"{part}.{k}": _best({m["name"]: m[part][k] for m in methods}, higher=True)
                for part in PARTS for k in METRICS}
     winners.update({c: _best({m["name"]: m[c] for m in methods}, higher=False) for c in COSTS})
+    winners.update({f"quality.{k}": _best({m["name"]: (m.get("quality") or {}).get(k)
+                                           for m in methods if not m["unavailable"]},
+                                          higher=False) for k in NO_TRUTH})
     notes = like_for_like(methods)
     comparison = {"experiment": experiment, "methods": methods, "parts": list(PARTS),
                   "metrics": list(METRICS), "higher_is_better": list(METRICS),
-                  "lower_is_better": list(COSTS), "winners": winners,
+                  "lower_is_better": list(COSTS) + [f"quality.{k}" for k in NO_TRUTH],
+                  "ground_truth": has_ground_truth(methods),
+                  "ranking_without_ground_truth": ranking_without_truth(methods),
+                  "winners": winners,
                   "not_like_for_like": notes, "time_to_quality": quality_matches(methods),
                   "time_to_final_quality": final_quality_matches(methods),
                   "unavailable": {m["name"]: m["unavailable"] for m in methods
@@ -200,8 +248,8 @@ def _cost_text(comparison: dict[str, Any], cost: str) -> str | None:
     return f"{COST_LABELS[cost]} faster with {best[0]} ({number(values[best[0]])} s vs {others})"
 
 
-def verdict(comparison: dict[str, Any]) -> str:
-    """One line: which method wins which quality metric, and which is cheaper."""
+def _truth_text(comparison: dict[str, Any]) -> str:
+    """Which method wins which quality metric against the ground truth."""
     names = [m["name"] for m in comparison["methods"] if not m["unavailable"]]
     quality = [f"{p}.{k}" for p in PARTS for k in METRICS]
     sole = {n: [q for q in quality if comparison["winners"][q] == [n]] for n in names}
@@ -211,8 +259,31 @@ def verdict(comparison: dict[str, Any]) -> str:
               else f"{n} on {len(sole[n])}") + (f" ({_wins_text(sole[n])})" if sole[n] else "")
              for i, n in enumerate(ranked)]
     text = "; ".join(parts)
-    if ties:
-        text += f"; tied on {_wins_text(ties)}"
+    return text + (f"; tied on {_wins_text(ties)}" if ties else "")
+
+
+def _ranking_text(comparison: dict[str, Any]) -> str:
+    """The methods in order of each figure without ground truth, with their values."""
+    values = {m["name"]: m.get("quality") or {} for m in comparison["methods"]}
+    texts = []
+    for key, what in (("r_factor_over_noise", "R-factor / its noise floor"),
+                      ("half_frc_resolution_nm", "half-data FRC resolution (nm)")):
+        order = comparison["ranking_without_ground_truth"][key]
+        if order:
+            texts.append(f"by {what}, lower is better: "
+                         + " < ".join(f"{n} {number(values[n][key])}" for n in order))
+    return "; ".join(texts) if texts else "no figures without ground truth"
+
+
+def verdict(comparison: dict[str, Any]) -> str:
+    """One line: which method wins which quality metric (without ground truth: the ranking
+    by the R-factor and the half-data FRC), and which is cheaper."""
+    if comparison.get("ground_truth", True):
+        text = _truth_text(comparison)
+        if any(comparison["ranking_without_ground_truth"].values()):
+            text += f"; without the ground truth, {_ranking_text(comparison)}"
+    else:
+        text = f"no ground truth: ranked {_ranking_text(comparison)}"
     costs = [t for t in (_cost_text(comparison, c) for c in COSTS) if t]
     if costs:
         text += "; " + "; ".join(costs)
@@ -237,6 +308,7 @@ def table_lines(comparison: dict[str, Any]) -> list[str]:
     """The comparison table (Markdown), the best value of each column in bold, and the verdict."""
     cols = [(f"{p}.{k}", f"{p} {LABELS[k]}" + (f" ({UNITS[k]})" if UNITS[k] else ""))
             for p in PARTS for k in METRICS]
+    cols += [(f"quality.{k}", label) for k, label in NO_TRUTH_LABELS.items()]
     cols += [(c, f"{COST_LABELS[c]} (s)") for c in COSTS]
     lines = ["| method | training | " + " | ".join(label for _, label in cols) + " |",
              "|---|---|" + "---|" * len(cols)]
@@ -248,8 +320,10 @@ def table_lines(comparison: dict[str, Any]) -> list[str]:
             trained = f"not available: {m['unavailable']}"
         cells = []
         for key, _ in cols:
-            value = m[key] if key in COSTS else m[key.split(".")[0]][key.split(".")[1]]
-            bold = m["name"] in comparison["winners"][key] and len(comparison["methods"]) > 1
+            value = m[key] if key in COSTS else (m.get(key.split(".")[0]) or {}).get(
+                key.split(".")[1])
+            bold = (m["name"] in comparison["winners"].get(key, [])
+                    and len(comparison["methods"]) > 1)
             cells.append(f"**{number(value)}**" if bold and value is not None else number(value))
         lines.append(f"| {m['name']} | {trained} | " + " | ".join(cells) + " |")
     first = comparison["methods"][0]
@@ -258,8 +332,10 @@ def table_lines(comparison: dict[str, Any]) -> list[str]:
               *final_quality_lines(comparison), *break_even_lines(comparison),
               f"Test object: {number(first.get('n_test_patterns'))} patterns, scored region rows "
               f"{region.get('rows')}, cols {region.get('cols')} (the same for every method). "
-              "Higher is better for PSNR, SSIM and FRC50 (cycles/px, 0.5 = Nyquist), lower for "
-              "the times. Times are each step's own measurement (training loop; network + "
+              "Higher is better for PSNR, SSIM and FRC50 (cycles/px, 0.5 = Nyquist; against "
+              "the ground truth), lower for the R-factor over its Poisson noise floor (1: "
+              "the counts explained down to their photon noise), the half-data FRC "
+              "resolution (1/2-bit; no ground truth needed) and the times. Times are each step's own measurement (training loop; network + "
               "stitching, or the iterative solver), from the manifest of the step that made "
               "the file; run-to-run "
               "variation on shared CPUs is up to +-50 %."]

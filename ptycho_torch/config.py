@@ -257,6 +257,11 @@ class IterativeConfig:
     target_psnr_db: float = spec(30.0, "quality target of the time-to-quality figure: the "
                                  "first checkpoint where amplitude and phase PSNR both reach "
                                  "it", "dB", lo=0.0, hi=200.0)
+    half_data_frc: bool = spec(False, "estimate the resolution without ground truth: two more "
+                               "pty-chi runs, one on each interleaved half of the scan, "
+                               "compared by their FRC (metrics.json quality, quality.png); "
+                               "costs about one more reconstruction, hence off. The R-factor "
+                               "against the counts is always computed")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ptycho_torch.comparison import COST_LABELS, COSTS, LABELS, METRICS, PARTS, UNITS  # noqa: E402
+from ptycho_torch.comparison import (COST_LABELS, COSTS, LABELS, METRICS, NO_TRUTH,  # noqa: E402
+                                     NO_TRUTH_LABELS, PARTS, UNITS)
 from ptycho_torch.files import write_atomic  # noqa: E402
 
 
@@ -252,13 +253,14 @@ def _convergence_panel(ax: Any, methods: list[dict[str, Any]], colours: list[str
 
 def comparison(path: Path, comparison: dict[str, Any]) -> None:
     """``comparison.png`` of a comparison (:func:`ptycho_torch.comparison.build_comparison`):
-    bars per method of amplitude and phase PSNR, SSIM, FRC50 and the two costs, and the
-    PSNR against time where a method has a convergence curve."""
+    bars per method of amplitude and phase PSNR, SSIM, FRC50 (against the ground truth), the
+    R-factor over its noise floor and the half-data FRC resolution (without it), the two
+    costs, and the PSNR against time where a method has a convergence curve."""
     methods = comparison["methods"]
     names = [m["name"] for m in methods]
     colours = [f"C{i}" for i in range(len(methods))]
     curves = any(m.get("convergence") for m in methods)
-    fig, axes = plt.subplots(2, 5 if curves else 4, figsize=(14 if curves else 11, 5),
+    fig, axes = plt.subplots(2, 6 if curves else 5, figsize=(16.5 if curves else 13.5, 5),
                              constrained_layout=True)
     for row, part in enumerate(PARTS):
         for col, k in enumerate(METRICS):
@@ -273,9 +275,16 @@ def comparison(path: Path, comparison: dict[str, Any]) -> None:
         ax.bar(names, [m[cost] or 0.0 for m in methods], color=colours)
         ax.set_title(f"{COST_LABELS[cost]} [s], lower is better", fontsize=9)
         ax.tick_params(labelsize=8)
+        key = NO_TRUTH[row]
+        ax = axes[row, 4]
+        ax.bar(names, [_finite((m.get("quality") or {}).get(key)) for m in methods],
+               color=colours)
+        ax.set_title(f"{NO_TRUTH_LABELS[key]}, lower is better", fontsize=9)
+        ax.tick_params(labelsize=8)
         if curves:
-            _convergence_panel(axes[row, 4], methods, colours, part)
+            _convergence_panel(axes[row, 5], methods, colours, part)
     missing = [m["name"] for m in methods if m["unavailable"]]
-    fig.suptitle(f"{' vs '.join(names)} on the test object (higher is better unless noted)"
+    fig.suptitle(f"{' vs '.join(names)} on the test object (higher is better unless noted"
+                 + ("" if comparison.get("ground_truth", True) else "; no ground truth") + ")"
                  + (f"; not available: {', '.join(missing)}" if missing else ""), fontsize=10)
     save(fig, path)

@@ -14,7 +14,12 @@ products of the infer step with the same writers and scorer
   (:func:`checkpoint_epochs`), against the solver's cumulative seconds (task set-up plus
   epochs; the scoring itself is not timed);
 * ``time_to_target``: the first checkpoint where amplitude and phase PSNR both reach
-  ``iterative.target_psnr_db``.
+  ``iterative.target_psnr_db``;
+* ``quality``: the same checks without ground truth as the infer step's (``quality.png``,
+  :func:`assess_without_truth`): the R-factor against the counts with the probe and
+  positions the solver ended with, and with ``iterative.half_data_frc`` the half-data FRC
+  of two more solver runs, one per interleaved half of the scan (about one more
+  reconstruction: off by default; never for the hybrid).
 
 **The hybrid** (``--init-object results/EXP/infer/reconstruction.npz --step hybrid``, the
 method ``pinn_iterative``): the same solver and settings, started from the PINN's stitched
@@ -69,7 +74,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ptycho_torch import cli, figures, torchvision_compat
+from ptycho_torch import cli, figures, quality as no_truth, torchvision_compat
 from ptycho_torch.comparison import PARTS, time_to_reach
 from ptycho_torch.config import ExperimentConfig, IterativeConfig
 from ptycho_torch.config_factory import ConfigError
@@ -85,7 +90,8 @@ PTYCHI_MISSING = ("pty-chi not installed: run `make iterative` (pip install -e '
                   f"then pip install --no-deps {PTYCHI_REQUIREMENT}; see README, 'Iterative "
                   "reference')")
 ALWAYS = ("metrics.json", "reconstruction.png")  # written even without pty-chi
-WITH_PTYCHI = ("reconstruction.h5", "reconstruction.npz", "frc.png", "scan_positions.png")
+WITH_PTYCHI = ("reconstruction.h5", "reconstruction.npz", "frc.png", "scan_positions.png",
+               "quality.png")
 QUALITY = ("psnr", "ssim", "frc50")
 
 
@@ -244,10 +250,12 @@ def reconstruct(data: PtychoData, cfg: ExperimentConfig, gpu: bool,
 
 
 def method_record(cfg: IterativeConfig) -> dict[str, Any]:
+    """``metrics.json`` ``method``: the solver and its settings."""
     return {"library": "pty-chi", "version": ptychi_version(), "engine": cfg.engine,
             "epochs": cfg.epochs, "batch_size": cfg.batch_size,
             "probe_refinement": cfg.probe_refinement,
-            "position_correction": cfg.position_correction}
+            "position_correction": cfg.position_correction,
+            "half_data_frc": cfg.half_data_frc}
 
 
 
@@ -305,6 +313,11 @@ def run(args: argparse.Namespace, cfg: ExperimentConfig, rep: StepReport,
     if initial:
         metrics["initial_object"] = {**initial,
                                      "max_difference_before_first_epoch": solved.start_difference}
+    t0 = time.perf_counter()
+    metrics["quality"] = assess_without_truth(solved, data, cfg, gpu, initial is not None,
+                                              args.out_dir / "quality.png")
+    rep.record({"quality_seconds": time.perf_counter() - t0,
+                **no_truth.key_numbers(metrics["quality"])})
     # the probe and positions it ended with: refined, or the data's own
     done = replace(data, probe=solved.probe, positions_px=solved.positions)
     write_ptychodus(args.out_dir / "reconstruction.h5", solved.obj, done, solved.history,
@@ -313,7 +326,7 @@ def run(args: argparse.Namespace, cfg: ExperimentConfig, rep: StepReport,
     write_atomic(args.out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     rep.write_json("metrics.json", metrics)
     write_figures(args.out_dir, solved.obj, data, metrics)
-    for name in ("reconstruction.png", "frc.png", "scan_positions.png"):
+    for name in ("reconstruction.png", "frc.png", "scan_positions.png", "quality.png"):
         figures.copy_into(args.out_dir / name, rep.directory)
     if cfg.iterative.probe_refinement or data.true_probe is not None:
         figures.probes(rep.directory / "probe.png", data.probe, solved.probe, data.true_probe)
@@ -321,6 +334,26 @@ def run(args: argparse.Namespace, cfg: ExperimentConfig, rep: StepReport,
         figures.position_errors(rep.directory / "position_errors.png", true_positions(data),
                                 data.positions_px, corrected)
     summarise(rep, metrics, len(data.counts), cfg.iterative)
+
+
+def assess_without_truth(solved: Solved, data: PtychoData, cfg: ExperimentConfig, gpu: bool,
+                         hybrid: bool, figure: Path) -> dict[str, Any]:
+    """Quality without ground truth (:func:`ptycho_torch.quality.assess_reconstruction`):
+    the R-factor of ``solved`` with the probe and positions it ended with, and, with
+    ``iterative.half_data_frc``, the half-data FRC of two more runs of the same solver and
+    settings, one on each interleaved half of ``data`` (from 1, the data's probe and
+    positions). Not for the hybrid: its start saw both halves, so its halves would not be
+    independent."""
+    why_not = ("half-data FRC not computed: the hybrid starts from the PINN's object of the "
+               "whole scan, so its halves would not be independent" if hybrid else
+               "half-data FRC not computed: iterative.half_data_frc is false")
+
+    def one_half(half: PtychoData) -> np.ndarray:
+        return reconstruct(half, cfg, gpu, lambda *_: None).obj
+    return no_truth.assess_reconstruction(
+        solved.obj, data, figure, one_half if cfg.iterative.half_data_frc and not hybrid
+        else None, why_not, f"each half reconstructed alone by {cfg.iterative.engine}, "
+        f"{cfg.iterative.epochs} epochs, from 1", solved.probe, solved.positions)
 
 
 def starting_object(path: Path, data: PtychoData, reports_root: Path

@@ -32,7 +32,8 @@ artefacts on each half's scan lattice show up as a negative FRC near the lattice
 frequencies, and a model that ignored its input would agree with itself; read it together
 with the R-factor.
 
-:func:`assess` runs both for the infer step and draws the figure.
+:func:`data_consistency` is the one R-factor of every method; :func:`assess_reconstruction`
+runs both and draws the figure for any method (:func:`assess`: the infer step's).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from ptycho_torch.stitch import scanned_region, stitch
 
 BRIGHT_LIMIT = 1.0 / math.sqrt(2.0 * math.pi)  # E|sqrt(K)-sqrt(lam)| for lam -> infinity
 MIN_FRC_SIDE_PX = 8  # smallest side of the region a half-data FRC is computed on
+NETWORK_HALVES = "each half predicted, stitched and calibrated alone"
 
 
 # ----------------------------------------------------------------- data consistency
@@ -148,13 +150,15 @@ def half_frc(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
             "alignment": info}
 
 
-def half_data_frc(data: PtychoData, predict: Callable[[PtychoData], torch.Tensor],
-                  cfg: InferenceConfig) -> dict[str, Any]:
-    """Reconstruct the two :func:`interleaved_halves` of ``data`` separately and compare
-    them (:func:`half_frc`) over the intersection of their scanned regions.
+def half_data_frc_of(data: PtychoData, reconstruct_half: Callable[[PtychoData], np.ndarray],
+                     how: str) -> dict[str, Any]:
+    """Reconstruct the two :func:`interleaved_halves` of ``data`` separately with
+    ``reconstruct_half(subset) -> object [H, W]`` (complex, the frame of ``data``) and
+    compare them (:func:`half_frc`) over the intersection of their scanned regions.
 
-    ``predict(subset)`` returns the network's patches ``[m, N, N]`` for a subset of the
-    patterns (grouped within it). Resolutions in px and nm (object pixel of ``data``).
+    Resolutions in px and nm (object pixel of ``data``); ``how`` says how each half was
+    reconstructed. Raises ``ValueError`` when the scan does not split into two halves or
+    the region both scan is under :data:`MIN_FRC_SIDE_PX` on a side.
     """
     first = interleaved_halves(data.positions_px)
     if first.all() or not first.any():
@@ -165,8 +169,7 @@ def half_data_frc(data: PtychoData, predict: Callable[[PtychoData], torch.Tensor
     if min(r.stop - r.start for r in region) < MIN_FRC_SIDE_PX:
         raise ValueError(f"the region both halves scan, {[r.stop - r.start for r in region]} px, "
                          f"is smaller than {MIN_FRC_SIDE_PX} px")
-    objects = [stitch(predict(h), h.positions_px, data.object_shape, data.probe, cfg,
-                      h.counts)[0] for h in halves]
+    objects = [reconstruct_half(h) for h in halves]
     out = half_frc(objects[0][region], objects[1][region])
     for key in ("1_7", "half_bit"):  # None: below the threshold from the first ring on
         f = out[f"frc_{key}_cycles_per_px"]
@@ -176,34 +179,80 @@ def half_data_frc(data: PtychoData, predict: Callable[[PtychoData], torch.Tensor
                 "region": {"rows": [region[0].start, region[0].stop],
                            "cols": [region[1].start, region[1].stop]},
                 "split": "checkerboard of square cells one scan step (median distance to the 4 "
-                         "nearest positions) wide; each half predicted, stitched and calibrated "
-                         "alone"})
+                         f"nearest positions) wide; {how}"})
     return out
 
 
-# ----------------------------------------------------------------- the infer step's entry
+def half_data_frc(data: PtychoData, predict: Callable[[PtychoData], torch.Tensor],
+                  cfg: InferenceConfig) -> dict[str, Any]:
+    """The PINN's :func:`half_data_frc_of`: ``predict(subset)`` returns the network's
+    patches ``[m, N, N]`` for a subset of the patterns (grouped within it), stitched and
+    calibrated on that subset's counts with ``cfg``."""
+    return half_data_frc_of(data, network_half(predict, data, cfg), NETWORK_HALVES)
+
+
+def network_half(predict: Callable[[PtychoData], torch.Tensor], data: PtychoData,
+                 cfg: InferenceConfig) -> Callable[[PtychoData], np.ndarray]:
+    """A network's reconstruction of one half of ``data``: its patches ``predict(half)``
+    ``[m, N, N]`` stitched and calibrated on that half's counts into the object ``[H, W]``."""
+    def one_half(h: PtychoData) -> np.ndarray:
+        return stitch(predict(h), h.positions_px, data.object_shape, data.probe, cfg,
+                      h.counts)[0]
+    return one_half
+
+
+# ----------------------------------------------------------------- every method's entry
+
+def data_consistency(obj: np.ndarray, data: PtychoData, probe: np.ndarray | None = None,
+                     positions: np.ndarray | None = None) -> dict[str, Any]:
+    """The R-factor of a reconstruction against the measured counts of ``data``, with its
+    Poisson noise floor (:func:`r_factor`): the one place every method (PINN, supervised
+    baseline, iterative, hybrid) gets it from.
+
+    ``obj [H, W]`` complex in the frame of ``data``; ``probe [N, N]`` (our unitary FFT
+    convention, carrying the photon scale) and probe centres ``positions [n, 2]`` (row, col
+    object px) are those the method ended with (refined / corrected), None: the data's.
+    """
+    probe = data.probe if probe is None else probe
+    positions = data.positions_px if positions is None else positions
+    return r_factor(data.counts, predicted_counts(obj, probe, positions), valid_mask(data))
+
+
+def assess_reconstruction(obj: np.ndarray, data: PtychoData, figure: Path,
+                          reconstruct_half: Callable[[PtychoData], np.ndarray] | None,
+                          why_not: str, how: str = "", probe: np.ndarray | None = None,
+                          positions: np.ndarray | None = None) -> dict[str, Any]:
+    """Quality of any method's reconstruction ``obj [H, W]`` of ``data`` without ground
+    truth: ``{"data_consistency": data_consistency(...), "half_data_frc": ...}``.
+
+    The half-data FRC comes from :func:`half_data_frc_of` with ``reconstruct_half`` (the
+    method run on one half of the scan; ``how`` describes it), or is ``{"skipped":
+    why_not}`` when ``reconstruct_half`` is None, or says why a half could not be made.
+    ``probe [N, N]`` and ``positions [n, 2]`` px: those the method ended with (None: the
+    data's). Draws ``figure`` (PNG, :func:`quality_figure`).
+    """
+    consistency = data_consistency(obj, data, probe, positions)
+    if reconstruct_half is None:
+        halves = {"skipped": why_not}
+    else:
+        try:
+            halves = half_data_frc_of(data, reconstruct_half, how)
+        except ValueError as exc:  # e.g. a half with fewer positions than a group needs
+            halves = {"skipped": f"half-data FRC not computed: {exc}"}
+    quality_figure(figure, obj, data.positions_px if positions is None else positions,
+                   consistency, halves)
+    return {"data_consistency": consistency, "half_data_frc": halves}
+
 
 def assess(obj: np.ndarray, data: PtychoData, predict: Callable[[PtychoData], torch.Tensor],
            cfg: InferenceConfig, figure: Path) -> dict[str, Any]:
-    """Quality of the reconstruction ``obj [H, W]`` of ``data`` without ground truth.
-
-    Returns ``{"data_consistency": r_factor(...), "half_data_frc": half_data_frc(...)}``
-    (the latter ``{"skipped": reason}`` when a half is too small to reconstruct or
-    ``cfg.half_data_frc`` is off) and
-    draws ``figure`` (PNG): the per-position R-factor at the scan positions over the
-    reconstructed amplitude, and the half-data FRC curve with its thresholds.
-    """
-    consistency = r_factor(data.counts, predicted_counts(obj, data.probe, data.positions_px),
-                           valid_mask(data))
-    if not cfg.half_data_frc:
-        halves = {"skipped": "half-data FRC not computed: inference.half_data_frc is false"}
-    else:
-        try:
-            halves = half_data_frc(data, predict, cfg)
-        except ValueError as exc:  # e.g. a half with fewer positions than a group needs
-            halves = {"skipped": f"half-data FRC not computed: {exc}"}
-    quality_figure(figure, obj, data, consistency, halves)
-    return {"data_consistency": consistency, "half_data_frc": halves}
+    """The infer step's (PINN or supervised network) :func:`assess_reconstruction` of
+    ``obj [H, W]``: the probe ``data.probe`` (the trained one, if trained), the data's
+    positions, and the half-data FRC of the network's patches (``predict``, see
+    :func:`half_data_frc`) unless ``cfg.half_data_frc`` is off."""
+    return assess_reconstruction(
+        obj, data, figure, network_half(predict, data, cfg) if cfg.half_data_frc else None,
+        "half-data FRC not computed: inference.half_data_frc is false", NETWORK_HALVES)
 
 
 def key_numbers(q: dict[str, Any]) -> dict[str, Any]:
@@ -217,16 +266,17 @@ def key_numbers(q: dict[str, Any]) -> dict[str, Any]:
             "half_frc_resolution_half_bit_nm": h["resolution_half_bit_nm"]}
 
 
-def quality_figure(path: Path, obj: np.ndarray, data: PtychoData, consistency: dict[str, Any],
-                   halves: dict[str, Any]) -> None:
-    """Left: per-position R-factor (colour) at the probe centres over ``|obj|`` (axes in
-    object px), i.e. where the fit is poor. Right: the half-data FRC and its thresholds."""
+def quality_figure(path: Path, obj: np.ndarray, positions: np.ndarray,
+                   consistency: dict[str, Any], halves: dict[str, Any]) -> None:
+    """Left: per-position R-factor (colour) at the probe centres ``positions [n, 2]`` (row,
+    col object px) over ``|obj|`` ``[H, W]``, i.e. where the fit is poor. Right: the
+    half-data FRC and its thresholds."""
     import matplotlib.pyplot as plt
 
     from ptycho_torch.figures import save
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5.0), layout="constrained")
     left.imshow(np.abs(obj), cmap="gray")
-    rows, cols = data.positions_px[:, 0], data.positions_px[:, 1]
+    rows, cols = positions[:, 0], positions[:, 1]
     dots = left.scatter(cols, rows, c=consistency["per_position"], cmap="inferno", s=18,
                         edgecolors="none")
     plt.colorbar(dots, ax=left, fraction=0.046, pad=0.04, label="R-factor of the pattern")

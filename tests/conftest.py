@@ -195,3 +195,30 @@ def tiny():
     from ptycho_torch.simulate import simulate_dataset
     cfg = resolve_config(TINY_EXPERIMENT)
     return cfg, simulate_dataset(cfg.data, 40, (cfg.seed, 0))
+
+
+@pytest.fixture(scope="session")
+def iterative_without_truth(tmp_path_factory) -> Path:
+    """The iterative step (pty-chi, real runs) on the tiny experiment's test scan with its
+    ground truth removed, as a measured scan: ``long`` (30 epochs, ``iterative.half_data_frc``
+    on) and ``short`` (2 epochs, off), each under ``results/<name>/`` with its evidence
+    under ``reports/<RUN>/<name>/iterative/`` of the returned directory."""
+    import json
+    from dataclasses import replace
+
+    from ptycho_torch import iterative, simulate
+    from ptycho_torch.config_factory import resolve_config
+    from ptycho_torch.cxi import write_cxi
+    work = tmp_path_factory.mktemp("no_truth")
+    d = resolve_config(REPO / TINY).data
+    scan = simulate.simulate_dataset(d, d.object.test_size_px, (7, 1))
+    write_cxi(work / "test.cxi", replace(scan, ground_truth=None, true_probe=None))
+    for name, epochs, halves in (("long", 30, True), ("short", 2, False)):
+        settings = {"experiment": name, "data": {"N": 16}, "execution": {"threads": 1},
+                    "iterative": {"epochs": epochs, "batch_size": 16, "half_data_frc": halves}}
+        code = iterative.main(["--config-json", json.dumps(settings), "--data",
+                               str(work / "test.cxi"), "--out-dir", str(work / "results" / name),
+                               "--report-dir",
+                               str(work / f"reports/2026-01-01T000000Z/{name}/iterative")])
+        assert code == 0, name
+    return work

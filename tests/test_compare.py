@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, copy_workflow, jobs_run, run_snakemake, run_step
-from ptycho_torch import compare, comparison, figures
+from ptycho_torch import compare, comparison, figures, iterative
+from ptycho_torch.formatting import number
 from ptycho_torch.evidence import RUN_ID_PATTERN, StepReport, load_manifest, sha256_file
 
 EXP = "tiny"
@@ -95,8 +96,34 @@ def test_numbers_come_from_the_metrics_files_and_the_step_manifests(two_methods)
     assert "reconstruction faster with b (0.2 s vs a 0.5 s)" in c["verdict"]
     table = "\n".join(comparison.table_lines(c))
     row = ("| a | a, 64 patterns x 2 epochs | **20** | **0.5** | **0.2** | 10 | 0.3 | 0.1 "
-           "| **1** | 0.5 |")
+           "| n/a | n/a | n/a | **1** | 0.5 |")  # no quality record: no R-factor
     assert row in table
+
+
+def with_quality(m: dict, r: float, floor: float, nm: float | None) -> dict:
+    """``m`` with a ``quality`` record as quality.assess_reconstruction writes it."""
+    halves = {"skipped": "off"} if nm is None else {"resolution_half_bit_nm": nm}
+    return {**m, "quality": {"data_consistency": {"r_factor": r, "r_factor_poisson_expected": floor,
+                                                  "r_factor_over_noise": r / floor},
+                             "half_data_frc": halves}}
+
+
+def test_with_ground_truth_the_r_factor_columns_are_added(two_methods):
+    """Ground truth: the verdict and winners stay those of PSNR/SSIM/FRC50; the R-factor
+    columns and the ranking without the truth are added (b: lower R / floor; a: finer FRC)."""
+    for name, r, nm in (("a", 0.04, 600.0), ("b", 0.03, 900.0)):
+        f = Path(f"results/{name}/metrics.json")
+        f.write_text(json.dumps(with_quality(json.loads(f.read_text()), r, 0.02, nm)))
+    c = built([("a", "a"), ("b", "b")])
+    assert c["ground_truth"] is True
+    assert c["verdict"].startswith("a better on 3 of 6 quality metrics (amplitude PSNR/SSIM/FRC50)")
+    assert c["winners"]["quality.r_factor_over_noise"] == ["b"]
+    assert c["winners"]["quality.half_frc_resolution_nm"] == ["a"]
+    assert ("without the ground truth, by R-factor / its noise floor, lower is better: b 1.5 < "
+            "a 2") in c["verdict"]
+    table = "\n".join(comparison.table_lines(c))
+    assert "| R-factor | R / noise floor | half-data FRC resolution (nm) |" in table
+    assert "| 0.04 | 2 | **600** |" in table and "| 0.03 | **1.5** | 900 |" in table
 
 
 def test_swapping_the_metrics_files_flips_the_verdict(two_methods):
@@ -352,7 +379,8 @@ def test_compare_run_scores_both_methods_and_says_the_iterative_one_is_missing(c
         assert m["training"]["patterns"] == 64 and m["training"]["epochs"] == 2
     assert [m["training"]["mode"] for m in c["methods"]] == ["pinn", "supervised"]
     assert c["not_like_for_like"] == [] and c["verdict"]
-    assert set(c["winners"]) == {*QUALITY, *comparison.COSTS}
+    assert set(c["winners"]) == {*QUALITY, *comparison.COSTS,
+                                 *(f"quality.{k}" for k in comparison.NO_TRUTH)}
 
 
 @pytest.mark.slow
@@ -384,3 +412,34 @@ def test_compare_run_leaves_evidence_that_audits_clean(compared):
     assert sorted(p.name for p in (run_dir / f"{EXP}_baseline").iterdir()) == ["infer", "train"]
     out = run_step("audit", "reports", cwd=workdir)
     assert out.returncode == 0, out.stdout
+
+
+# ---------------------------------------------------------------- without ground truth
+
+@pytest.mark.skipif(iterative.ptychi_version() is None, reason=iterative.PTYCHI_MISSING)
+def test_without_ground_truth_compare_ranks_by_the_r_factor(iterative_without_truth):
+    """Two real pty-chi runs on a scan without ground truth (30 and 2 epochs): the compare
+    step accepts their metrics files, ranks the 30-epoch run first by the R-factor over its
+    noise floor (the 2-epoch run has no half-data FRC: it is not ranked by it), and the
+    table, the figure and the run index's section say so instead of only n/a."""
+    work = iterative_without_truth
+    out = run_step("compare", "--config-json", json.dumps({"experiment": EXP}),
+                   "--method", "short", "results/short/metrics.json",
+                   "--method", "long", "results/long/metrics.json",
+                   "--out-dir", "results/compare",
+                   "--report-dir", "reports/2026-01-01T000100Z/tiny/compare", cwd=work)
+    assert out.returncode == 0, out.stderr
+    c = json.loads((work / "results/compare/comparison.json").read_text())
+    assert c["ground_truth"] is False
+    assert c["ranking_without_ground_truth"] == {"r_factor_over_noise": ["long", "short"],
+                                                 "half_frc_resolution_nm": ["long"]}
+    assert c["winners"]["quality.r_factor_over_noise"] == ["long"]
+    assert c["verdict"].startswith("no ground truth: ranked by R-factor / its noise floor, "
+                                   "lower is better: long ")
+    r = {m["name"]: m["quality"]["r_factor_over_noise"] for m in c["methods"]}
+    assert r["long"] < r["short"]
+    md = (work / "results/compare/comparison.md").read_text()
+    assert f"**{number(r['long'])}**" in md
+    assert (work / "results/compare/comparison.png").stat().st_size > 5000
+    section = "\n".join(comparison.markdown_section(c))  # what the run index embeds
+    assert "no ground truth: ranked by R-factor" in section

@@ -290,3 +290,33 @@ def test_probe_refinement_reports_the_given_and_the_refined_probe_against_the_tr
         probe["error"], rel=1e-4)
     assert (step / "probe.png").stat().st_size > 0
     assert load_manifest(step / "manifest.json")[0]["numbers"]["probe_refined"] is True
+
+
+# ---------------------------------------------------------------- quality without ground truth
+
+@needs_ptychi
+def test_without_ground_truth_the_step_writes_the_r_factor_and_the_half_data_frc(
+        iterative_without_truth):
+    """A scan without ground truth: nothing scored against a truth, but ``quality`` holds
+    the R-factor with its noise floor (from the solver's object, probe and positions) and,
+    with ``iterative.half_data_frc``, the FRC of two solver runs on the interleaved halves;
+    quality.png is written and copied into the evidence."""
+    long, short = (json.loads((iterative_without_truth / f"results/{n}/metrics.json")
+                              .read_text()) for n in ("long", "short"))
+    assert long["ground_truth"] is False and "amplitude" not in long
+    c = long["quality"]["data_consistency"]
+    assert 0 < c["r_factor_poisson_expected"] < c["r_factor"] < 1
+    assert c["r_factor_over_noise"] == pytest.approx(c["r_factor"] / c["r_factor_poisson_expected"])
+    assert len(c["per_position"]) == long["n_patterns"]
+    h = long["quality"]["half_data_frc"]
+    assert sum(h["halves"]) == long["n_patterns"] and "lsqml, 30 epochs" in h["split"]
+    assert 0 < h["frc_half_bit_cycles_per_px"] <= 0.5 and h["resolution_half_bit_nm"] > 0
+    assert long["method"]["half_data_frc"] is True
+    assert "iterative.half_data_frc is false" in short["quality"]["half_data_frc"]["skipped"]
+    # 2 epochs explain the counts worse than 30
+    assert short["quality"]["data_consistency"]["r_factor"] > c["r_factor"]
+    step = iterative_without_truth / "reports/2026-01-01T000000Z/long/iterative"
+    assert (step / "quality.png").stat().st_size > 5000
+    manifest, problem = load_manifest(step / "manifest.json")
+    assert problem is None and manifest["numbers"]["r_factor"] == c["r_factor"]
+    assert manifest["numbers"]["quality_seconds"] > 0

@@ -265,3 +265,77 @@ def test_quality_without_ground_truth_ranks_models_like_the_ground_truth_ssim(tm
     assert trained["phase_ssim"] > under["phase_ssim"], found
     assert trained["r_factor"] < under["r_factor"], found
     assert trained["1_7"] > under["1_7"] and trained["half_bit"] > under["half_bit"], found
+
+
+# ----------------------------------------------------------------- one R-factor for every method
+
+def _callee(func) -> str | None:
+    """``f`` of a call ``f(...)`` or ``quality.f(...)`` (the module under any alias the
+    steps give it); None for other calls (methods: the model's own ``predicted_counts`` is
+    its training loss, not the R-factor)."""
+    import ast
+    if isinstance(func, ast.Name):
+        return func.id
+    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) \
+            and func.value.id in ("quality", "no_truth"):
+        return func.attr
+    return None
+
+
+def _calls(tree) -> dict[str, set[str]]:
+    """Function name -> names it calls (:func:`_callee`), for a module's top-level
+    functions (nested functions count as their enclosing one's)."""
+    import ast
+    return {fn.name: {_callee(c.func) for c in ast.walk(fn) if isinstance(c, ast.Call)}
+            for fn in tree.body if isinstance(fn, ast.FunctionDef)}
+
+
+def test_every_method_gets_its_r_factor_from_the_one_function():
+    """Only ``quality.data_consistency`` computes predicted counts and the R-factor; only
+    ``assess_reconstruction`` calls it; the infer step (PINN and supervised baseline, the
+    rule baseline_infer runs ptycho_torch.infer) reaches it through ``quality.assess``, the
+    iterative step (iterative and hybrid, --step hybrid) through ``assess_without_truth``."""
+    import ast
+    callers: dict[str, list[str]] = {}
+    for path in sorted((REPO / "ptycho_torch").glob("*.py")):
+        for fn, called in _calls(ast.parse(path.read_text())).items():
+            for name in ("r_factor", "predicted_counts", "data_consistency",
+                         "assess_reconstruction", "assess"):
+                if name in called:
+                    callers.setdefault(name, []).append(f"{path.stem}.{fn}")
+    assert callers["r_factor"] == callers["predicted_counts"] == ["quality.data_consistency"]
+    assert callers["data_consistency"] == ["quality.assess_reconstruction"]
+    assert sorted(callers["assess_reconstruction"]) == ["iterative.assess_without_truth",
+                                                        "quality.assess"]
+    assert callers["assess"] == ["infer.main"]
+    assert "assess_without_truth" in _calls(ast.parse(
+        (REPO / "ptycho_torch/iterative.py").read_text()))["run"]
+    rules = (REPO / "workflow/rules/compare.smk").read_text()
+    baseline = rules.partition("rule baseline_infer:")[2].partition("\nrule ")[0]
+    assert "-m ptycho_torch.infer " in baseline
+
+
+def test_the_iterative_and_the_infer_entries_call_it_with_their_own_probe_and_positions(
+        scene, tmp_path, monkeypatch):
+    """Spying on ``quality.data_consistency``: the infer step's entry passes the data's
+    (trained) probe and positions; the iterative step's the solver's final ones."""
+    from ptycho_torch import iterative
+    seen: list[tuple] = []
+    real = quality.data_consistency
+
+    def spy(obj, data, probe=None, positions=None):
+        seen.append((probe, positions))
+        return real(obj, data, probe, positions)
+    monkeypatch.setattr(quality, "data_consistency", spy)
+    data = _scene_data(scene)
+    quality.assess(scene["obj"], data, _true_patches(scene), InferenceConfig(half_data_frc=False),
+                   tmp_path / "a.png")
+    assert seen == [(None, None)]
+    moved = data.positions_px + 0.25
+    solved = iterative.Solved(scene["obj"].astype(np.complex64), 1.1 * data.probe, moved, [],
+                              1.0, 0.0)
+    cfg = resolve_config({"iterative": {"half_data_frc": False}})
+    q = iterative.assess_without_truth(solved, data, cfg, False, False, tmp_path / "b.png")
+    assert seen[1][0] is solved.probe and seen[1][1] is moved
+    assert q["data_consistency"]["r_factor"] > 0.05  # the wrong probe scale shows
+    assert "iterative.half_data_frc is false" in q["half_data_frc"]["skipped"]
