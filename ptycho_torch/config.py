@@ -256,6 +256,11 @@ class IterativeConfig:
     batch_size: int = spec(96, "patterns per object update (mini-batch)", lo=1, hi=65536)
     probe_refinement: bool = spec(False, "also refine the probe, starting from the known one "
                                   "(false: the data's probe is used as it is)")
+    probe_modes: int = spec(0, "incoherent probe modes pty-chi fits (partial coherence): 0 = "
+                            "as many as the data's probe has; fewer keeps the strongest (the "
+                            "total power kept); more adds modes by pty-chi's Hermite "
+                            "initialisation from the strongest and refines the probe", lo=0,
+                            hi=16)
     position_correction: bool = spec(False, "also correct the scan positions (pty-chi's "
                                      "gradient position correction), starting from the "
                                      "recorded ones")
