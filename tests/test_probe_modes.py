@@ -231,3 +231,22 @@ def test_probe_error_compares_mode_sets_by_their_mutual_coherence():
     assert metrics.probe_error(modes[:1], modes) > 0.3
     one = modes[0]
     assert metrics.probe_error(one * 1j, one) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_products_carry_the_modes(tmp_path):
+    import h5py
+    from ptycho_torch import figures
+    from ptycho_torch.products import write_ptychodus, write_reconstruction_npz
+    d = _modes_scan()
+    obj = d.ground_truth
+    write_ptychodus(tmp_path / "r.h5", obj, d, [], "modes")
+    write_reconstruction_npz(tmp_path / "r.npz", obj, d)
+    with h5py.File(tmp_path / "r.h5") as f:
+        assert f["probe"].shape == (1, 3, 8, 8)
+    with np.load(tmp_path / "r.npz") as z:
+        assert np.array_equal(z["probe"], d.probe)
+    write_ptychodus(tmp_path / "one.h5", obj, replace(d, probe=d.probe[0]), [], "one")
+    with h5py.File(tmp_path / "one.h5") as f:
+        assert f["probe"].shape == (1, 1, 8, 8)
+    figures.probes(tmp_path / "probe.png", d.probe[0], d.probe, d.true_probe)
+    assert (tmp_path / "probe.png").stat().st_size > 0
