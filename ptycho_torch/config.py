@@ -62,7 +62,7 @@ class ProbeConfig:
                           "object px", lo=1.0, hi=512.0)
     file: str = spec("", "probe file (kind file): CXI/HDF5 "
                      "/entry_1/instrument_1/source_1/illumination, PtychoPINN NPZ probeGuess or "
-                     "NPY, complex N x N", path=True)
+                     "NPY, complex N x N or K x N x N modes (K = `modes`)", path=True)
     given_defocus_m: float = spec(0.0, "error of the probe the file records, which the "
                                   "reconstruction is given (the patterns are simulated with the "
                                   "true one): propagated this much further", "m", lo=-0.1,
@@ -71,6 +71,13 @@ class ProbeConfig:
                                  "both axes", "object px", lo=-8.0, hi=8.0)
     given_amplitude_factor: float = spec(1.0, "error of the recorded probe: its amplitude times "
                                          "this", lo=0.1, hi=10.0)
+    modes: int = spec(1, "partial coherence: incoherent probe modes whose intensities add "
+                      "(1 = a coherent probe); further modes are the first one times low-order "
+                      "Hermite polynomials, orthogonalised; the total power is the photon scale "
+                      "of one mode", lo=1, hi=16)
+    mode_power_ratio: float = spec(0.3, "power of each further probe mode relative to the one "
+                                   "before (modes > 1): mode k holds r^k / sum_j r^j of the "
+                                   "power", lo=0.001, hi=1.0)
 
 
 @dataclass(frozen=True)
@@ -251,6 +258,11 @@ class IterativeConfig:
     batch_size: int = spec(96, "patterns per object update (mini-batch)", lo=1, hi=65536)
     probe_refinement: bool = spec(False, "also refine the probe, starting from the known one "
                                   "(false: the data's probe is used as it is)")
+    probe_modes: int = spec(0, "incoherent probe modes pty-chi fits (partial coherence): 0 = "
+                            "as many as the data's probe has; fewer keeps the strongest (the "
+                            "total power kept); more adds modes by pty-chi's Hermite "
+                            "initialisation from the strongest and refines the probe", lo=0,
+                            hi=16)
     position_correction: bool = spec(False, "also correct the scan positions (pty-chi's "
                                      "gradient position correction), starting from the "
                                      "recorded ones")

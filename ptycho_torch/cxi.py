@@ -6,7 +6,8 @@ Layout (SI units):
 * ``/entry_1/instrument_1/detector_1/data``: float32 ``[n, N, N]`` counts, DC centred
   (``/entry_1/data_1/data`` is a soft link to it).
 * ``/entry_1/instrument_1/source_1/illumination``: complex64 ``[N, N]`` probe that
-  carries the photon scale: expected counts are ``|F(P * O_patch)|^2``.
+  carries the photon scale: expected counts are ``|F(P * O_patch)|^2``; a partially
+  coherent probe is ``[K, N, N]`` (``K >= 2`` incoherent modes, intensities add).
 * ``/entry_1/sample_1/geometry_1/translation``: ``[n, 3]`` metres. The CXI spec
   defines it as the *sample* translation, so it is minus the probe position:
   ``translation = -(col * dx, row * dx, 0)`` with ``dx`` the object pixel size.
@@ -25,8 +26,9 @@ Layout (SI units):
 * ``/entry_1/ptycho_torch/extras/<name>``: per-pattern arrays ``[n]`` carried along
   (e.g. a PtychoPINN NPZ's ``scan_index``, or the true positions of a scan simulated with
   position errors), see :attr:`PtychoData.extras`.
-* ``/entry_1/ptycho_torch/true_probe``: complex64 ``[N, N]``, optional: the probe a scan
-  was simulated with when the file records another one (``data.probe.given_*``).
+* ``/entry_1/ptycho_torch/true_probe``: complex64 ``[N, N]`` (or ``[K, N, N]``), optional:
+  the probe a scan was simulated with when the file records another one
+  (``data.probe.given_*``), and the true modes of a partially coherent simulation.
 
 Large data: :class:`CountsReader` reads the counts lazily, chunk by chunk, so a data
 set larger than memory can be streamed (see its docstring).
@@ -66,13 +68,17 @@ def write_atomic_h5(path: Path, fill: Callable[[h5py.File], None]) -> None:
 
 def write_cxi(path: str | Path, d: PtychoData,
               counts_blocks: Iterable[np.ndarray] | None = None) -> None:
-    """Write ``d`` as a CXI 1.6 file (chunked, compressed counts), atomically.
+    """Write ``d`` as a CXI 1.6 file (chunked, compressed counts), atomically; a probe
+    that is neither ``[N, N]`` nor ``[K, N, N]`` raises :class:`DataFileError` first.
 
     ``counts_blocks`` streams the counts instead of ``d.counts`` (give a ``[0, N, N]``
     placeholder there): consecutive ``[b, N, N]`` blocks that together hold one
     pattern per position, so a data set larger than memory can be written.
     """
     n, N = len(d.positions_px), d.counts.shape[-1]
+    for name, probe in ((PROBE, d.probe), (f"{OURS}/true_probe", d.true_probe)):
+        if probe is not None:  # refused before anything is written
+            _check_probe_shape(probe, N, f"{path}: {name}")
     if counts_blocks is None:
         counts_blocks = [d.counts]
 
@@ -93,7 +99,7 @@ def write_cxi(path: str | Path, d: PtychoData,
         f.create_group("/entry_1/data_1")["data"] = h5py.SoftLink(f"{DETECTOR}/data")
         src = f.create_group(SOURCE)
         src["energy"] = d.energy_eV * ELECTRON_VOLT_J
-        src["illumination"] = d.probe.astype(np.complex64)
+        src["illumination"] = physics.single_mode(d.probe).astype(np.complex64)
         rc = d.positions_px * d.object_pixel_size_m
         translation = np.stack([-rc[:, 1], -rc[:, 0], np.zeros(n)], axis=1)
         f.create_group("/entry_1/sample_1/geometry_1")["translation"] = translation
@@ -102,7 +108,7 @@ def write_cxi(path: str | Path, d: PtychoData,
         if d.ground_truth is not None:
             ours["ground_truth_object"] = d.ground_truth.astype(np.complex64)
         if d.true_probe is not None:
-            ours["true_probe"] = d.true_probe.astype(np.complex64)
+            ours["true_probe"] = physics.single_mode(d.true_probe).astype(np.complex64)
         for name, values in d.extras.items():
             ours[f"extras/{name}"] = np.asarray(values)
         ours.attrs["object_shape"] = np.asarray(d.object_shape, dtype=np.int64)
@@ -134,12 +140,14 @@ def _fill_blocks(data: h5py.Dataset, blocks: Iterable[np.ndarray]) -> None:
         raise ValueError(f"{start} patterns of counts for {len(data)} positions")
 
 
-def _require(f: h5py.File, path: str, ndim: int, kinds: str, where: str) -> h5py.Dataset:
-    """The dataset at ``path`` with ``ndim`` dims and a dtype kind in ``kinds`` (e.g. 'fc')."""
+def _require(f: h5py.File, path: str, ndim: int | tuple[int, ...], kinds: str,
+             where: str) -> h5py.Dataset:
+    """The dataset at ``path`` with ``ndim`` dims (or one of them) and a dtype kind in
+    ``kinds`` (e.g. 'fc')."""
     if path not in f or not isinstance(f[path], h5py.Dataset):
         raise DataFileError(f"{where}: missing dataset {path}")
     ds = f[path]
-    if ds.ndim != ndim:
+    if ds.ndim not in np.atleast_1d(ndim):
         raise DataFileError(f"{where}: {path} has shape {ds.shape}, expected {ndim} dimensions")
     if ds.dtype.kind not in kinds:
         raise DataFileError(f"{where}: {path} has dtype {ds.dtype}, expected kind {kinds!r}")
@@ -183,7 +191,7 @@ def read_cxi(path: str | Path, *, load_counts: bool = True,
     where = str(path)
     with _open_cxi(path) as f:
         counts_ds = _require(f, f"{DETECTOR}/data", 3, "fiu", where)
-        probe = _require(f, PROBE, 2, "c", where)[()]
+        probe = _require(f, PROBE, (2, 3), "c", where)[()]
         n, N, N2 = counts_ds.shape
         if n == 0 or N != N2:
             raise DataFileError(f"{where}: {DETECTOR}/data has shape {counts_ds.shape}, "
@@ -200,9 +208,7 @@ def read_cxi(path: str | Path, *, load_counts: bool = True,
             pos, attrs["cxi_position_offset_px"] = _translation_positions(
                 f, n, N, attrs["object_pixel_size_m"], translation, where)
             attrs["position_source"] = f"{TRANSLATION} ({translation} positions)"
-        if probe.shape != (N, N):
-            raise DataFileError(f"{where}: {PROBE} has shape {probe.shape}, "
-                                f"expected ({N}, {N}) like the patterns")
+        _check_probe_shape(probe, N, f"{where}: {PROBE}")
         if pos.shape != (n, 2):
             raise DataFileError(f"{where}: {POSITIONS} has shape {pos.shape}, "
                                 f"expected ({n}, 2) for {n} patterns")
@@ -213,8 +219,10 @@ def read_cxi(path: str | Path, *, load_counts: bool = True,
                                 "truncated file?") from None
         gt_path = f"{OURS}/ground_truth_object"
         gt = _require(f, gt_path, 2, "c", where)[()] if gt_path in f else None
-        true_probe = (_require(f, f"{OURS}/true_probe", 2, "c", where)[()]
+        true_probe = (_require(f, f"{OURS}/true_probe", (2, 3), "c", where)[()]
                       if f"{OURS}/true_probe" in f else None)
+        if true_probe is not None:
+            _check_probe_shape(true_probe, N, f"{where}: {OURS}/true_probe")
         mask = _read_mask(f, N, where)
         saturation = _saturation(counts_ds, where)
         extras = _read_extras(f, n, where)
@@ -225,12 +233,22 @@ def read_cxi(path: str | Path, *, load_counts: bool = True,
         if "object_pixel_size_m" not in attrs:
             raise DataFileError(f"{where}: attribute object_pixel_size_m missing on {OURS}")
         return PtychoData(
-            counts=counts.astype(np.float32), probe=probe.astype(np.complex64),
+            counts=counts.astype(np.float32),
+            probe=physics.single_mode(probe).astype(np.complex64),
             positions_px=pos, object_shape=shape,
             energy_eV=energy_eV, detector_distance_m=distance, detector_pixel_size_m=pixel,
             object_pixel_size_m=float(attrs.pop("object_pixel_size_m")),
             ground_truth=gt, attrs=attrs, mask=mask, saturation_counts=saturation,
-            extras=extras, true_probe=true_probe)
+            extras=extras,
+            true_probe=None if true_probe is None else physics.single_mode(true_probe))
+
+
+def _check_probe_shape(probe: np.ndarray, N: int, what: str) -> None:
+    """A probe ``[N, N]`` or modes ``[K >= 1, N, N]`` like the patterns, else a
+    :class:`DataFileError` starting with ``what`` (the file and dataset)."""
+    if probe.shape[-2:] != (N, N) or probe.ndim == 3 and probe.shape[0] < 1:
+        raise DataFileError(f"{what} has shape {probe.shape}, expected ({N}, {N}) like the "
+                            f"patterns (or (K, {N}, {N}): K >= 1 probe modes)")
 
 
 def _translation_positions(f: h5py.File, n: int, N: int, pixel_m: float, translation: str,
@@ -305,9 +323,10 @@ def _read_extras(f: h5py.File, n: int, where: str) -> dict[str, np.ndarray]:
 
 
 def read_cxi_probe(path: str | Path) -> np.ndarray:
-    """The probe at :data:`PROBE` as stored: a complex or real 2-D array, any size."""
+    """The probe at :data:`PROBE` as stored: a complex or real 2-D array (or 3-D: modes),
+    any size."""
     with _open_cxi(path) as f:
-        return _require(f, PROBE, 2, "cf", str(path))[()]
+        return _require(f, PROBE, (2, 3), "cf", str(path))[()]
 
 
 # ----------------------------------------------------------------- streaming counts

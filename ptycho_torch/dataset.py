@@ -23,7 +23,9 @@ class DataFileError(ValueError):
 
 @dataclass(frozen=True)
 class PtychoData:
-    """One scan: counts ``[n, N, N]``, probe ``[N, N]``, positions ``[n, 2]`` (row, col px)."""
+    """One scan: counts ``[n, N, N]``, probe ``[N, N]`` (or ``K >= 2`` incoherent modes
+    ``[K, N, N]``, :func:`ptycho_torch.physics.probe_modes`), positions ``[n, 2]`` (row, col
+    px)."""
     counts: np.ndarray
     probe: np.ndarray
     positions_px: np.ndarray
@@ -37,7 +39,7 @@ class PtychoData:
     mask: np.ndarray | None = None  # uint32 [N, N], CXI mask bits, 0 = good pixel
     saturation_counts: float = 0.0  # recorded counts are clipped here (0 = no saturation)
     extras: dict[str, np.ndarray] = field(default_factory=dict)  # per-pattern arrays [n]
-    true_probe: np.ndarray | None = None  # complex [N, N]: simulated with it, given `probe`
+    true_probe: np.ndarray | None = None  # complex [N, N] / [K, N, N]: simulated with it
 
     @property
     def N(self) -> int:

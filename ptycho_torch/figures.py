@@ -212,18 +212,29 @@ def probes(path: Path, given: np.ndarray, final: np.ndarray, true: np.ndarray | 
     """The probe ``[N, N]`` a reconstruction was given, the one it ended with (refined, or
     the given one) and, when known, the true one: amplitude (top) and phase (bottom, where
     the amplitude exceeds 5 % of its maximum), each with its error against the true probe
-    (:func:`ptycho_torch.metrics.probe_error`)."""
+    (:func:`ptycho_torch.metrics.probe_error`). Of probe modes ``[K, N, N]``: the root of
+    their summed intensity and the phase of the strongest mode."""
     from ptycho_torch.metrics import probe_error
     shown = [("given", given), ("final", final)] + ([("true", true)] if true is not None else [])
     fig, axes = plt.subplots(2, len(shown), figsize=(3.6 * len(shown), 6.4),
                              layout="constrained", squeeze=False)
-    top = max(float(np.abs(p).max()) for _, p in shown)
+    top = max(float(_probe_view(p)[0].max()) for _, p in shown)
     for k, (name, p) in enumerate(shown):
         err = f", error {probe_error(p, true):.3f}" if true is not None else ""
-        _panel(axes[0, k], np.abs(p), f"{name}: amplitude{err}", "gray", vmin=0, vmax=top)
+        amplitude, p = _probe_view(p)
+        _panel(axes[0, k], amplitude, f"{name}: amplitude{err}", "gray", vmin=0, vmax=top)
         phase = np.where(np.abs(p) > 0.05 * np.abs(p).max(), np.angle(p), np.nan)
         _panel(axes[1, k], phase, f"{name}: phase (rad)", "twilight", vmin=-np.pi, vmax=np.pi)
     save(fig, path)
+
+
+def _probe_view(probe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Amplitude ``[N, N]`` and the field whose phase is shown: ``|P|`` and ``P`` for one
+    mode; for modes ``[K, N, N]`` ``sqrt(sum_k |P_k|^2)`` and the strongest mode."""
+    if probe.ndim == 2:
+        return np.abs(probe), probe
+    power = np.square(np.abs(probe)).sum(axis=(1, 2))
+    return np.sqrt(np.square(np.abs(probe)).sum(0)), probe[int(np.argmax(power))]
 
 
 def _finite(v: float | None) -> float:

@@ -44,6 +44,12 @@ registers to it within a small fraction of a pixel):
   (N-1)/2``, so ``p' = p`` (x = col, y = row) with the origin fixed at ``(-0.5, -0.5)``
   (``determine_position_origin_coords_by=SPECIFIED``); the object buffer is our object
   frame ``[H, W]``, started at 1 + 0j;
+* probe modes (partial coherence): the probe goes to pty-chi as ``[1, K, N, N]`` (one OPR
+  mode, ``K`` incoherent modes; :func:`solver_probe`): the data's modes, or with
+  ``iterative.probe_modes`` fewer (the strongest) or more (pty-chi's Hermite initialisation,
+  ``ptychi.utils.orthogonalize_initial_probe``, from the strongest mode); added modes are
+  always refined, and refined modes are kept orthogonal (SVD, sorted by power) after each
+  epoch;
 * the probe stays the known one (no object/probe ambiguity removal, no first-epoch probe
   rescaling: the data's probe carries the photon scale), unless ``probe_refinement``
   (``metrics.json`` ``probe``: whether it was refined and, for data simulated with a wrong
@@ -74,7 +80,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ptycho_torch import cli, figures, quality as no_truth, torchvision_compat
+from ptycho_torch import cli, figures, physics, quality as no_truth, torchvision_compat
 from ptycho_torch.comparison import PARTS, time_to_reach
 from ptycho_torch.config import ExperimentConfig, IterativeConfig
 from ptycho_torch.config_factory import ConfigError
@@ -139,8 +145,9 @@ def checkpoint_epochs(epochs: int) -> list[int]:
 
 
 def task_options(api: Any, cfg: IterativeConfig, seed: int, gpu: bool,
-                 deterministic: bool) -> Any:
-    """pty-chi options for our data conventions (see the module docstring)."""
+                 deterministic: bool, modes: int = 1, refine_probe: bool = False) -> Any:
+    """pty-chi options for our data conventions (see the module docstring), for a probe of
+    ``modes`` incoherent modes, refined when ``cfg.probe_refinement`` or ``refine_probe``."""
     options = api.LSQMLOptions() if cfg.engine == "lsqml" else api.EPIEOptions()
     options.data_options.fft_shift = True
     options.object_options.optimizable = True
@@ -149,7 +156,12 @@ def task_options(api: Any, cfg: IterativeConfig, seed: int, gpu: bool,
     options.object_options.determine_position_origin_coords_by = (
         api.ObjectPosOriginCoordsMethods.SPECIFIED)
     options.object_options.position_origin_coords = np.array([-0.5, -0.5])
-    options.probe_options.optimizable = cfg.probe_refinement
+    options.probe_options.optimizable = cfg.probe_refinement or refine_probe
+    if modes > 1:  # keep refined modes orthogonal, the strongest first
+        orthogonal = options.probe_options.orthogonalize_incoherent_modes
+        orthogonal.enabled = options.probe_options.optimizable
+        orthogonal.method = api.OrthogonalizationMethods.SVD
+        orthogonal.sort_by_occupancy = True
     positions = options.probe_position_options  # used with position_correction only
     positions.optimizable = cfg.position_correction
     positions.constrain_position_mean = False  # it would centre them on 0, not keep their mean
@@ -171,15 +183,38 @@ def task_options(api: Any, cfg: IterativeConfig, seed: int, gpu: bool,
     return options
 
 
+def solver_probe(probe: np.ndarray, modes: int) -> tuple[np.ndarray, bool]:
+    """The probe modes ``[K, N, N]`` complex64 pty-chi starts from (our FFT convention), and
+    whether modes were added. ``probe`` is ``[N, N]`` or ``[C, N, N]``; ``modes`` 0 keeps
+    its ``C`` modes; ``K < C`` keeps the ``K`` strongest, ``K > C`` starts from the strongest
+    and adds ``K - 1`` by pty-chi's Hermite initialisation (each further mode 2 % of the
+    power); either way the total power ``sum_k sum |P_k|^2`` is kept."""
+    given = physics.probe_modes(probe).astype(np.complex128)
+    power = np.square(np.abs(given)).sum(axis=(1, 2))
+    K, order = modes or len(given), np.argsort(-power, kind="stable")
+    if K == len(given):
+        return given.astype(np.complex64), False
+    kept = given[order[:min(K, len(given))]] * np.sqrt(power.sum() / power[order[:K]].sum())
+    if K < len(given):
+        return kept.astype(np.complex64), False
+    import torch
+    from ptychi.utils import orthogonalize_initial_probe
+    start = torch.zeros((1, K) + given.shape[1:], dtype=torch.complex128)
+    start[0, 0] = torch.from_numpy(given[order[0]] * np.sqrt(power.sum() / power[order[0]]))
+    return orthogonalize_initial_probe(start)[0].numpy().astype(np.complex64), True
+
+
 def build_task(api: Any, task_class: type, data: PtychoData, options: Any,
-               start: np.ndarray) -> Any:
-    """A pty-chi task on ``data``: counts ``[n, N, N]``, probe ``[N, N]`` / N, positions
-    ``[n, 2]`` (row, col) px, object ``[1, H, W]`` started at ``start [H, W]``."""
+               start: np.ndarray, probe: np.ndarray | None = None) -> Any:
+    """A pty-chi task on ``data``: counts ``[n, N, N]``, probe ``[1, K, N, N]`` / N (modes
+    ``probe [K, N, N]``, default the data's), positions ``[n, 2]`` (row, col) px, object
+    ``[1, H, W]`` started at ``start [H, W]``."""
     mask = None if data.mask is None else data.valid_pixels()
+    probe = physics.probe_modes(data.probe if probe is None else probe)
     return task_class(
         options, diffraction_data=data.counts.astype(np.float32),
         object_data=start[None].astype(np.complex64),
-        probe_data=(data.probe / data.N)[None, None].astype(np.complex64),
+        probe_data=(probe / data.N)[None].astype(np.complex64),
         probe_position_x_px=data.positions_px[:, 1].astype(np.float64),
         probe_position_y_px=data.positions_px[:, 0].astype(np.float64),
         valid_pixel_mask=mask)
@@ -212,7 +247,8 @@ def torch_defaults_kept() -> Iterator[None]:
 class Solved:
     """What :func:`reconstruct` returns."""
     obj: np.ndarray  # complex64 [H, W]
-    probe: np.ndarray  # complex64 [N, N], our FFT convention
+    probe: np.ndarray  # complex64 [N, N] (or modes [K, N, N]), our FFT convention
+    probe_refined: bool  # probe_refinement, or modes added
     positions: np.ndarray  # float64 [n, 2] (row, col px): corrected, or the data's
     history: list[dict[str, float]]  # loss per epoch
     seconds: float  # the solver's: task set-up and epochs
@@ -229,8 +265,10 @@ def reconstruct(data: PtychoData, cfg: ExperimentConfig, gpu: bool,
     start = np.ones(data.object_shape, np.complex64) if start is None else start
     with torch_defaults_kept():
         t0 = time.perf_counter()
+        probe, added = solver_probe(data.probe, cfg.iterative.probe_modes)
         task = build_task(api, task_class, data, task_options(
-            api, cfg.iterative, cfg.seed, gpu, cfg.execution.deterministic), start)
+            api, cfg.iterative, cfg.seed, gpu, cfg.execution.deterministic, len(probe),
+            added), start, probe)
         seconds, done = time.perf_counter() - t0, 0
         initial = task.get_data_to_cpu("object", as_numpy=True)[0]  # not timed
         difference = float(np.abs(initial - start).max())
@@ -240,20 +278,21 @@ def reconstruct(data: PtychoData, cfg: ExperimentConfig, gpu: bool,
             seconds, done = seconds + time.perf_counter() - t0, epoch
             on_checkpoint(epoch, seconds, task.get_data_to_cpu("object", as_numpy=True)[0])
         table = task.reconstructor.loss_tracker.table
-        probe = task.get_data_to_cpu("probe", as_numpy=True)[0, 0] * data.N
+        probe = physics.single_mode(task.get_data_to_cpu("probe", as_numpy=True)[0]) * data.N
         obj = task.get_data_to_cpu("object", as_numpy=True)[0]
         positions = task.get_data_to_cpu("probe_positions", as_numpy=True).astype(np.float64)
     history = [{"epoch": int(e) + 1, "loss": float(v)} for e, v in zip(table["epoch"],
                                                                       table["loss"])]
-    return Solved(obj.astype(np.complex64), probe.astype(np.complex64), positions, history,
-                  seconds, difference)
+    return Solved(obj.astype(np.complex64), probe.astype(np.complex64),
+                  cfg.iterative.probe_refinement or added, positions, history, seconds,
+                  difference)
 
 
 def method_record(cfg: IterativeConfig) -> dict[str, Any]:
     """``metrics.json`` ``method``: the solver and its settings."""
     return {"library": "pty-chi", "version": ptychi_version(), "engine": cfg.engine,
             "epochs": cfg.epochs, "batch_size": cfg.batch_size,
-            "probe_refinement": cfg.probe_refinement,
+            "probe_refinement": cfg.probe_refinement, "probe_modes": cfg.probe_modes,
             "position_correction": cfg.position_correction,
             "half_data_frc": cfg.half_data_frc}
 
@@ -302,7 +341,7 @@ def run(args: argparse.Namespace, cfg: ExperimentConfig, rep: StepReport,
         return
     target = cfg.iterative.target_psnr_db
     corrected = solved.positions if cfg.iterative.position_correction else None
-    given = data.probe if cfg.iterative.probe_refinement else None
+    given = data.probe if solved.probe_refined else None
     metrics = {**evaluate(solved.obj, replace(data, probe=solved.probe), args.data, corrected,
                           given),
                "method": method_record(cfg.iterative),
@@ -328,7 +367,7 @@ def run(args: argparse.Namespace, cfg: ExperimentConfig, rep: StepReport,
     write_figures(args.out_dir, solved.obj, data, metrics)
     for name in ("reconstruction.png", "frc.png", "scan_positions.png", "quality.png"):
         figures.copy_into(args.out_dir / name, rep.directory)
-    if cfg.iterative.probe_refinement or data.true_probe is not None:
+    if solved.probe_refined or data.true_probe is not None:
         figures.probes(rep.directory / "probe.png", data.probe, solved.probe, data.true_probe)
     if true_positions(data) is not None:
         figures.position_errors(rep.directory / "position_errors.png", true_positions(data),

@@ -295,11 +295,32 @@ def probe_error(probe: np.ndarray, true: np.ndarray) -> float:
     """Relative error ``min_c ||c P - P_true|| / ||P_true||`` of a probe ``[N, N]``, with the
     complex factor ``c`` that minimises it: no measurement fixes a probe's global phase, and
     an object ``a O`` with a probe ``P / a`` gives the same counts, so neither is an error of
-    its shape (the photon scale is reported apart, :func:`probe_photon_ratio`)."""
-    p, t = probe.astype(np.complex128), true.astype(np.complex128)
+    its shape (the photon scale is reported apart, :func:`probe_photon_ratio`).
+
+    When either has several modes (``[K, N, N]``, :func:`coherence_error`) the error of
+    their mutual coherence: any unitary mixing of incoherent modes gives the same counts, so
+    modes are not compared one by one."""
+    if probe.ndim == 3 and len(probe) > 1 or true.ndim == 3 and len(true) > 1:
+        return coherence_error(probe, true)
+    p = probe.reshape(true.shape[-2:]).astype(np.complex128)
+    t = true.reshape(true.shape[-2:]).astype(np.complex128)
     norm = np.vdot(p, p).real
     c = np.vdot(p, t) / norm if norm > 0 else 0.0
     return float(np.linalg.norm(c * p - t) / np.linalg.norm(t))
+
+
+def coherence_error(probe: np.ndarray, true: np.ndarray) -> float:
+    """Relative error ``min_c ||c J - J_true||_F / ||J_true||_F`` (``c >= 0``) of the mutual
+    coherence ``J = sum_k P_k P_k^H`` (an ``N^2 x N^2`` matrix) of probe modes ``[K, N, N]``
+    (or ``[N, N]``): invariant to the modes' phases and to any unitary mixing of them, which
+    leave every expected count unchanged. Computed from the ``K x K`` Gram matrices
+    (``<J_a, J_b>_F = ||M_a M_b^H||_F^2``, ``M`` the modes as rows); 0 for the same set of
+    modes, 1 for modes orthogonal to the true ones."""
+    p = probe.reshape(-1, true.shape[-2] * true.shape[-1]).astype(np.complex128)
+    t = true.reshape(-1, p.shape[1]).astype(np.complex128)
+    a, b = (np.linalg.norm(p.conj() @ p.T) ** 2, np.linalg.norm(p.conj() @ t.T) ** 2)
+    total = np.linalg.norm(t.conj() @ t.T) ** 2
+    return float(math.sqrt(max(total - (b * b / a if a > 0 else 0.0), 0.0) / total))
 
 
 def probe_photon_ratio(probe: np.ndarray, true: np.ndarray) -> float:

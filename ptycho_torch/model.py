@@ -72,8 +72,9 @@ class PtychoPINN(nn.Module):
     else built from the registry for ``cfg.generator``; with ``cfg.object_big`` and C > 1
     they then pass the overlap constraint (:func:`merge_and_reextract`, weighted by the
     generator's ``support`` when it has one). With ``cfg.probe_trainable`` the probe is a
-    parameter, initialised from ``probe`` (complex ``[N, N]``, the training data's; None:
-    zeros, for ``load_state_dict`` to fill): ``probe`` ``[N, N, 2]`` (real, imaginary) in
+    parameter, initialised from ``probe`` (complex ``[N, N]``, or ``[K, N, N]`` incoherent
+    modes, the training data's; None: zeros ``[N, N]``, for ``load_state_dict`` to fill):
+    ``probe`` ``[N, N, 2]`` (``[K, N, N, 2]``; real, imaginary) in
     units of the buffer ``probe_unit``, the initial probe's RMS amplitude, so that optimiser
     steps are relative to the probe's size. With ``cfg.intensity_scale_trainable`` the
     parameter ``log_intensity_scale`` (scalar, 0 at the start) is ``log s``. Both are saved
@@ -103,7 +104,8 @@ class PtychoPINN(nn.Module):
         return patch
 
     def effective_probe(self, probe: torch.Tensor) -> torch.Tensor:
-        """``s * P`` ``[N, N]`` complex: ``P`` the trained probe (``probe_trainable``) or
+        """``s * P`` ``[N, N]`` (or modes ``[K, N, N]``) complex: ``P`` the trained probe
+        (``probe_trainable``) or
         else ``probe`` (the data's, photon-scaled), ``s = exp(log_intensity_scale)`` (1
         unless ``intensity_scale_trainable``)."""
         if self.probe is not None:
@@ -114,7 +116,8 @@ class PtychoPINN(nn.Module):
 
     @torch.no_grad()
     def probe_for_data(self, probe: np.ndarray) -> np.ndarray:
-        """:meth:`effective_probe` for data whose probe is ``probe`` (complex ``[N, N]``), as
+        """:meth:`effective_probe` for data whose probe is ``probe`` (complex ``[N, N]`` or
+        ``[K, N, N]``), as
         complex64 numpy: what inference stitches, calibrates and saves with. ``probe``
         itself unless the probe or the intensity scale was trained."""
         if self.probe is None and self.log_intensity_scale is None:
@@ -123,7 +126,8 @@ class PtychoPINN(nn.Module):
 
     def predicted_counts(self, probe: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
         """Expected counts ``lambda = s^2 |F(P * O)|^2`` ``[..., N, N]`` (photons) of the
-        patches ``O`` ``[..., N, N]``: the one place where the intensity scale enters.
+        patches ``O`` ``[..., N, N]``: the one place where the intensity scale enters. A
+        probe of modes ``P_k`` ``[K, N, N]`` gives ``s^2 sum_k |F(P_k * O)|^2``.
 
         ``F`` is the unitary (ortho) DC-centred far field; ``P`` carries the photon scale
         (``sum |P|^2`` photons per exposure) and ``s`` (:meth:`effective_probe`) corrects it
@@ -155,7 +159,8 @@ def physics_loss(model: PtychoPINN, probe: torch.Tensor, counts: torch.Tensor,
                  offsets: torch.Tensor, scale: float, loss: str,
                  pixels: ValidPixels = ValidPixels()) -> torch.Tensor:
     """Loss on a batch of grouped counts ``[B, C, N, N]`` (offsets ``[B, C, 2]``, the data's
-    probe ``[N, N]``) over the valid ``pixels`` (on the counts' device) of each pattern.
+    probe ``[N, N]`` or modes ``[K, N, N]``) over the valid ``pixels`` (on the counts'
+    device) of each pattern.
     ``model`` may be wrapped in DistributedDataParallel."""
     patches = model(counts.sqrt() / scale, offsets)
     network = getattr(model, "module", model)  # the PtychoPINN inside a DDP wrapper
@@ -183,7 +188,9 @@ def load_model(path: str | Path, cfg: ExperimentConfig) -> PtychoPINN:
         raise ConfigError([f"model.generator: {path} holds a {trained!r} generator, but "
                            f"{cfg.model.generator!r} is configured (a checkpoint loads only "
                            "into the generator it was trained with)"])
-    model = PtychoPINN(cfg.model, cfg.data.N)
+    saved = ckpt["state_dict"].get("probe")  # [N, N, 2] or, with modes, [K, N, N, 2]
+    shape = (cfg.data.N, cfg.data.N) if saved is None else tuple(saved.shape[:-1])
+    model = PtychoPINN(cfg.model, cfg.data.N, torch.zeros(shape, dtype=torch.complex64))
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:

@@ -1,7 +1,8 @@
 """PtychoPINN NPZ data files: :func:`read_npz`, :func:`write_npz`.
 
 Layout: ``diffraction`` (legacy ``diff3d``) float32 amplitudes ``sqrt(counts)``
-``[n, N, N]`` (legacy ``[N, N, n]``), ``probeGuess`` complex ``[N, N]``, ``objectGuess``
+``[n, N, N]`` (legacy ``[N, N, n]``), ``probeGuess`` complex ``[N, N]`` (``[K, N, N]``
+for ``K >= 2`` incoherent probe modes, an extension; one mode stays 2-D), ``objectGuess``
 complex ``[H, W]`` (optional), ``xcoords``/``ycoords`` ``[n]``. Assumed convention
 (PtychoPINN's ``get_image_patches``: pad the object by N/2, translate by ``-(x, y)``, crop
 N x N): the probe centre of pattern ``k`` is ``objectGuess[ycoords[k], xcoords[k]]``, i.e.
@@ -28,8 +29,10 @@ NPZ_AMPLITUDE_KEYS = ("diffraction", "diff3d")
 NPZ_EXTRA_KEYS = ("scan_index", "xcoords_start", "ycoords_start")
 
 
-def _npz_array(z: Any, key: str, ndim: int, kinds: str, where: str) -> np.ndarray:
-    """Array ``key`` of an open NPZ with ``ndim`` dims and a dtype kind in ``kinds``."""
+def _npz_array(z: Any, key: str, ndim: int | tuple[int, ...], kinds: str,
+               where: str) -> np.ndarray:
+    """Array ``key`` of an open NPZ with ``ndim`` dims (or one of them) and a dtype kind in
+    ``kinds``."""
     if key not in z.files:
         raise DataFileError(f"{where}: missing array {key}")
     try:
@@ -38,7 +41,7 @@ def _npz_array(z: Any, key: str, ndim: int, kinds: str, where: str) -> np.ndarra
         raise DataFileError(f"{where}: {key} cannot be read without pickle ({exc})") from None
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise DataFileError(f"{where}: {key} cannot be read ({exc}): truncated file?") from None
-    if arr.ndim != ndim:
+    if arr.ndim not in np.atleast_1d(ndim):
         raise DataFileError(f"{where}: {key} has shape {arr.shape}, expected {ndim} dimensions")
     if arr.dtype.kind not in kinds:
         raise DataFileError(f"{where}: {key} has dtype {arr.dtype}, expected kind {kinds!r}")
@@ -88,12 +91,15 @@ def read_npz(path: str | Path, geometry: DataConfig | None = None) -> PtychoData
         if key is None:
             raise DataFileError(f"{where}: missing array diffraction (or legacy diff3d)")
         amp = _npz_array(z, key, 3, "fiu", where)
-        probe = _npz_array(z, PROBE, 2, "c", where)
+        probe = physics.single_mode(_npz_array(z, PROBE, (2, 3), "c", where))
         x = _npz_array(z, "xcoords", 1, "fiu", where)
         y = _npz_array(z, "ycoords", 1, "fiu", where)
         obj = _npz_array(z, "objectGuess", 2, "c", where) if "objectGuess" in z.files else None
         extras = {k: _npz_array(z, k, 1, "fiub", where) for k in NPZ_EXTRA_KEYS if k in z.files}
-    amp, layout = _amplitudes_nNN(amp, probe.shape, key, where)
+    if probe.ndim == 3 and (not len(probe) or probe.shape[1] != probe.shape[2]):
+        raise DataFileError(f"{where}: {PROBE} has shape {probe.shape}, expected [N, N] or "
+                            "[K, N, N] (K >= 1 probe modes)")
+    amp, layout = _amplitudes_nNN(amp, probe.shape[-2:], key, where)
     n, N = amp.shape[0], amp.shape[-1]
     _check_npz_shapes(where, key, n, N, probe, x, y, extras)
     if not np.isfinite(amp).all() or (amp < 0).any():
@@ -176,6 +182,11 @@ def write_npz(path: str | Path, d: PtychoData) -> None:
     (from ``attrs``), so import then export reproduces the file's arrays exactly
     (``sqrt(a*a) == a`` holds exactly in binary floating point).
     """
+    N = d.counts.shape[-1]
+    if d.probe.shape[-2:] != (N, N) or d.probe.ndim not in (2, 3) or not len(d.probe):
+        raise DataFileError(f"{path}: {PROBE} has shape {d.probe.shape}, expected ({N}, {N}) "
+                            f"like the patterns (or (K, {N}, {N}): K >= 1 probe modes); "
+                            "nothing written")
     attrs = d.attrs
     dtypes = attrs.get("npz_dtypes", {})
     offset = np.asarray(attrs.get("npz_position_offset_px", [0.0, 0.0]), dtype=np.float64)
@@ -185,7 +196,8 @@ def write_npz(path: str | Path, d: PtychoData) -> None:
     pos = d.positions_px - offset if offset.any() else d.positions_px
     arrays = {attrs.get("npz_amplitude_key", "diffraction"):
               amp.astype(dtypes.get("amplitude", "float32")),
-              "probeGuess": d.probe.astype(dtypes.get("probeGuess", "complex64")),
+              "probeGuess": physics.single_mode(d.probe).astype(
+                  dtypes.get("probeGuess", "complex64")),
               "xcoords": pos[:, 1].astype(dtypes.get("xcoords", "float64")),
               "ycoords": pos[:, 0].astype(dtypes.get("ycoords", "float64"))}
     if d.ground_truth is not None:
@@ -196,6 +208,7 @@ def write_npz(path: str | Path, d: PtychoData) -> None:
 
 
 def read_npz_probe(path: str | Path) -> np.ndarray:
-    """The probe :data:`PROBE` as stored: a complex or real 2-D array, any size."""
+    """The probe :data:`PROBE` as stored: a complex or real 2-D array (or 3-D: modes),
+    any size."""
     with _open_npz(path) as z:
-        return _npz_array(z, PROBE, 2, "cf", str(path))
+        return _npz_array(z, PROBE, (2, 3), "cf", str(path))

@@ -34,7 +34,8 @@ def brightest_transmission(d: PtychoData) -> float:
     pixels: ``sum_valid c_k / sum_valid |F P|^2``. A passive object gives ``r <= 1`` (up to
     Poisson noise); ``r`` is the intensity transmission of the scan's brightest part."""
     valid = d.valid_pixels()
-    bare = physics.far_field(torch.from_numpy(d.probe.astype(np.complex128))).abs().square()
+    modes = physics.probe_modes(torch.from_numpy(d.probe.astype(np.complex128)))
+    bare = physics.far_field(modes).abs().square().sum(0)  # the modes' intensities add
     totals = np.where(valid, d.counts, 0).sum(axis=(1, 2), dtype=np.float64)
     return float(np.quantile(totals, BRIGHTEST_QUANTILE) / bare.numpy()[valid].sum())
 
@@ -48,6 +49,7 @@ def rescale_probe(d: PtychoData) -> PtychoData:
     the stitched patches) resolves it. Otherwise the probe's scale cannot be the counts' (a
     probe from another program's normalisation) and it is scaled so that the brightest
     patterns hold exactly its photons: the least change that a passive object can explain.
+    A probe of modes ``[K, N, N]`` is scaled as one: its total power ``sum_k sum |P_k|^2``.
     A probe already rescaled (re-read) keeps its record."""
     r = brightest_transmission(d)
     lower, upper = plausible_transmission(d.counts.sum(axis=(1, 2), dtype=np.float64))

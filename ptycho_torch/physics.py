@@ -2,7 +2,10 @@
 
 Conventions (normative for the whole package):
 
-* object ``O``: complex ``[H, W]``; probe ``P``: complex ``[N, N]``.
+* object ``O``: complex ``[H, W]``; probe ``P``: complex ``[N, N]`` (one coherent mode,
+  the representation of every single-mode probe) or ``[K, N, N]`` with ``K >= 2``:
+  ``K`` mutually incoherent modes (partial coherence), whose intensities add
+  (:func:`probe_modes`, :func:`probe_intensity`).
 * scan position: the probe centre in object pixels, ``(row, col)`` float. The
   patch seen at position ``p`` is ``O`` sampled at ``p - N/2 + (u, v)`` for
   ``u, v = 0..N-1``, so the patch's pixel ``(N/2, N/2)`` lies at ``p``.
@@ -11,7 +14,8 @@ Conventions (normative for the whole package):
   extraction share one convention.
 * exit wave ``psi = P * patch``; far field ``F = fftshift(fft2(psi, norm="ortho"))``
   (DC at the centre); intensity ``I = |F|^2`` in counts when ``P`` carries the
-  photon scale (as stored in our CXI files); amplitude ``A = sqrt(I)``.
+  photon scale (as stored in our CXI files); amplitude ``A = sqrt(I)``. With modes,
+  ``I = sum_k |F(P_k * patch)|^2`` and the photons are ``sum_k sum |P_k|^2``.
 
 Sub-pixel positions: the network's differentiable path (:func:`extract_patches`,
 :func:`place_patches`) samples the object bilinearly: cheap, local, exactly adjoint,
@@ -29,6 +33,8 @@ import warnings
 import numpy as np
 import torch
 from scipy import sparse
+
+ProbeArray = np.ndarray | torch.Tensor  # a probe [N, N] or its modes [K, N, N]
 
 
 def _bilinear_indices(positions: torch.Tensor, N: int) -> tuple[torch.Tensor, torch.Tensor,
@@ -180,9 +186,37 @@ def far_field(exit_wave: torch.Tensor) -> torch.Tensor:
     return torch.fft.fftshift(torch.fft.fft2(exit_wave, norm="ortho"), dim=(-2, -1))
 
 
+def probe_modes(probe: ProbeArray) -> ProbeArray:
+    """The modes ``[K, N, N]`` of a probe (numpy or torch): a one-mode ``[N, N]`` probe as
+    ``[1, N, N]`` (a view), a ``[K, N, N]`` one as it is; any other rank raises ValueError."""
+    if probe.ndim == 2:
+        return probe[None]
+    if probe.ndim == 3 and probe.shape[0] >= 1:
+        return probe
+    raise ValueError(f"a probe is [N, N] or [K, N, N] (K modes), got shape {tuple(probe.shape)}")
+
+
+def probe_intensity(probe: ProbeArray) -> ProbeArray:
+    """Summed intensity of the modes ``sum_k |P_k|^2`` ``[N, N]`` (photons per pixel when
+    the probe carries the photon scale), real, numpy or torch like ``probe``."""
+    if probe.ndim == 2:
+        return abs(probe) ** 2
+    return (abs(probe_modes(probe)) ** 2).sum(0)
+
+
+def single_mode(probe: ProbeArray) -> ProbeArray:
+    """The ``[N, N]`` form of a probe of one mode (``[1, N, N]`` too), else ``probe``
+    unchanged: what files and products store for one mode."""
+    return probe[0] if probe.ndim == 3 and probe.shape[0] == 1 else probe
+
+
 def forward_intensity(probe: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-    """Expected counts ``|F(P * patch)|^2``, shape ``[..., N, N]``."""
-    return far_field(probe * patches).abs().square()
+    """Expected counts ``sum_k |F(P_k * patch)|^2``, shape ``[..., N, N]``, of ``patches
+    [..., N, N]`` and a probe ``[N, N]`` (one mode: ``|F(P * patch)|^2``) or ``[K, N, N]``."""
+    if probe.ndim == 2:
+        return far_field(probe * patches).abs().square()
+    exit_waves = probe_modes(probe) * patches.unsqueeze(-3)  # [..., K, N, N]
+    return far_field(exit_waves).abs().square().sum(-3)
 
 
 def wavelength_m(energy_eV: float) -> float:
@@ -254,14 +288,52 @@ def gaussian_probe(N: int, fwhm_px: float, defocus_m: float, wavelength: float,
     return probe / probe.abs().square().sum().sqrt()
 
 
+def mode_powers(K: int, ratio: float) -> np.ndarray:
+    """Power fractions ``[K]`` float64 of ``K`` probe modes, mode ``k`` holding
+    ``ratio^k / sum_j ratio^j`` (summing to 1; ``[1.0]`` for one mode)."""
+    weights = float(ratio) ** np.arange(K, dtype=np.float64)
+    return weights / weights.sum()
+
+
+def _hermite_orders(K: int) -> list[tuple[int, int]]:
+    """The first ``K`` polynomial orders ``(row, col)`` by total degree: (0, 0), (1, 0),
+    (0, 1), (2, 0), (1, 1), (0, 2), ..."""
+    return [(d - j, j) for d in range(K) for j in range(d + 1)][:K]
+
+
+def hermite_modes(probe: torch.Tensor, powers: np.ndarray) -> torch.Tensor:
+    """Orthogonal probe modes ``[K, N, N]`` complex128 grown from one mode ``probe [N, N]``:
+    mode ``k`` is the probe times ``u^a v^b`` (coordinates about its intensity centroid in
+    units of its RMS radius, orders by degree: :func:`_hermite_orders`), Gram-Schmidt
+    orthogonalised against the modes before it (like Hermite-Gauss modes of a Gaussian
+    beam), with ``sum |P_k|^2 = powers[k] * sum |probe|^2``. ``powers [K]`` are fractions
+    summing to 1, so the modes hold the probe's total power."""
+    p = probe.to(torch.complex128)
+    inten = p.abs().square()
+    total = inten.sum()
+    ar = torch.arange(p.shape[-1], dtype=torch.float64)
+    cr, cc = (inten.sum(1) * ar).sum() / total, (inten.sum(0) * ar).sum() / total
+    u, v = ar[:, None] - cr, ar[None, :] - cc
+    radius = ((u ** 2 + v ** 2) * inten).sum().div(total).sqrt().clamp_min(1e-12)
+    modes: list[torch.Tensor] = []
+    for a, b in _hermite_orders(len(powers)):
+        m = p * (u / radius) ** a * (v / radius) ** b
+        for _ in range(2):  # Gram-Schmidt, twice for round-off
+            for q in modes:
+                m = m - q * torch.vdot(q.flatten(), m.flatten())
+        modes.append(m / torch.linalg.vector_norm(m))
+    scale = torch.from_numpy(np.sqrt(np.asarray(powers, np.float64)) * float(total.sqrt()))
+    return torch.stack(modes) * scale[:, None, None]
+
+
 def probe_diameter_px(probe: torch.Tensor, fraction: float = 1 - math.exp(-2)) -> float:
     """Diameter (px) of the disk about the intensity centroid holding ``fraction`` of
-    ``|probe [N, N]|^2``.
+    the probe's intensity (``[N, N]``, or modes ``[K, N, N]``: their summed intensity).
 
     The default ``1 - e^-2 = 86.5 %`` gives a Gaussian beam's 1/e^2 diameter
     (``fwhm * sqrt(2 / ln 2)``); it is what ``data.scan.overlap`` is measured against.
     """
-    inten = probe.abs().square().to(torch.float64)
+    inten = probe_intensity(probe).to(torch.float64)
     N = inten.shape[-1]
     ar = torch.arange(N, dtype=torch.float64)
     total = inten.sum()

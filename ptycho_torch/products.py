@@ -102,7 +102,8 @@ def write_ptychodus(path: Path, obj: np.ndarray, data: PtychoData,
         centre = (np.asarray(obj.shape) - 1) / 2
         f["probe_position_x_m"] = (data.positions_px[:, 1] - centre[1]) * px
         f["probe_position_y_m"] = (data.positions_px[:, 0] - centre[0]) * px
-        probe = f.create_dataset("probe", data=data.probe[None, None].astype(np.complex64))
+        probe = f.create_dataset(  # [1 OPR mode, K incoherent modes, N, N]
+            "probe", data=physics.probe_modes(data.probe)[None].astype(np.complex64))
         probe.attrs["pixel_width_m"] = px
         probe.attrs["pixel_height_m"] = px
         o = f.create_dataset("object", data=obj[None].astype(np.complex64))
@@ -122,7 +123,7 @@ def write_reconstruction_npz(path: Path, obj: np.ndarray, data: PtychoData) -> N
     float64 scalar (object pixel), ``probe_position_px`` float64 ``[n, 2]`` (probe centre
     (row, col) in object pixels), ``scanned_region_px`` int64 ``[2, 2]`` ((row start,
     stop), (col start, stop): the region metrics are computed on), ``probe`` complex64
-    ``[N, N]``."""
+    ``[N, N]`` (``[K, N, N]``: incoherent modes)."""
     region = scanned_region(data.positions_px)
     buf = io.BytesIO()
     np.savez(buf, object=obj.astype(np.complex64), amplitude=np.abs(obj).astype(np.float32),

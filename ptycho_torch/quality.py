@@ -63,7 +63,8 @@ NETWORK_HALVES = "each half predicted, stitched and calibrated alone"
 def predicted_counts(obj: np.ndarray, probe: np.ndarray, positions: np.ndarray,
                      batch: int = 1024) -> np.ndarray:
     """Expected counts ``[n, N, N]`` float64 of object ``[H, W]`` and probe ``[N, N]`` at
-    probe centres ``positions [n, 2]`` (px): ``|F(P * A_j O)|^2``, in complex128."""
+    probe centres ``positions [n, 2]`` (px): ``|F(P * A_j O)|^2``, in complex128 (probe
+    modes ``[K, N, N]``: ``sum_k |F(P_k * A_j O)|^2``)."""
     o = torch.from_numpy(np.asarray(obj, dtype=np.complex128))
     p = torch.from_numpy(np.asarray(probe, dtype=np.complex128))
     pos = torch.from_numpy(np.asarray(positions, dtype=np.float64))

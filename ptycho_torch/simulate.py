@@ -167,7 +167,8 @@ def mirror_extend(obj: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------- probes
 
 def load_probe(path: str | Path, N: int) -> np.ndarray:
-    """A complex128 probe ``[N, N]`` from a data file (:func:`ptycho_torch.data.read_probe`:
+    """A complex128 probe ``[N, N]`` (or modes ``[K, N, N]``) from a data file
+    (:func:`ptycho_torch.data.read_probe`:
     a CXI file's ``source_1/illumination``, a PtychoPINN NPZ's ``probeGuess``) or an NPY
     array; its scale is left as stored.
     """
@@ -181,9 +182,11 @@ def load_probe(path: str | Path, N: int) -> np.ndarray:
             raise DataFileError(f"{where}: not a readable NPY file ({exc})") from None
     else:
         probe, name = read_probe(path)
-    if probe.ndim != 2 or probe.shape != (N, N) or probe.dtype.kind not in "cf":
+    if probe.ndim not in (2, 3) or probe.shape[-2:] != (N, N) or not len(probe) \
+            or probe.dtype.kind not in "cf":
         raise DataFileError(f"{where}: {name} has dtype {probe.dtype} shape {probe.shape}, "
-                            f"expected a complex ({N}, {N}) probe (data.N = {N})")
+                            f"expected a complex ({N}, {N}) probe or (K, {N}, {N}) modes "
+                            f"(data.N = {N})")
     probe = probe.astype(np.complex128)
     if not np.isfinite(probe).all() or not np.abs(probe).any():
         raise DataFileError(f"{where}: {name} holds NaN/infinite values or is all zero")
@@ -191,14 +194,23 @@ def load_probe(path: str | Path, N: int) -> np.ndarray:
 
 
 def make_probe(cfg: DataConfig, pixel_m: float) -> np.ndarray:
-    """Unit-norm probe ``[N, N]`` complex128 centred at pixel ``(N/2, N/2)``."""
+    """Unit-power probe ``[N, N]`` complex128 centred at pixel ``(N/2, N/2)``, or with
+    ``data.probe.modes`` K > 1 its K orthogonal modes ``[K, N, N]`` (power fractions
+    :func:`ptycho_torch.physics.mode_powers`, :func:`ptycho_torch.physics.hermite_modes`),
+    their summed power 1. A file's modes are kept as they are (rescaled); their number
+    must be ``modes``."""
     p, lam = cfg.probe, physics.wavelength_m(cfg.energy_eV)
     if p.kind == "focused_disk":
         probe = physics.focused_disk_probe(cfg.N, p.pupil_radius_px, p.defocus_m, lam, pixel_m)
     elif p.kind == "gaussian":
         probe = physics.gaussian_probe(cfg.N, p.fwhm_px, p.defocus_m, lam, pixel_m)
     else:
-        probe = torch.from_numpy(load_probe(p.file, cfg.N))
+        probe = torch.from_numpy(physics.single_mode(load_probe(p.file, cfg.N)))
+        if probe.ndim == 3 and len(probe) != p.modes:
+            raise ConfigError([f"data.probe.modes: {p.modes}, but {p.file} holds "
+                               f"{len(probe)} probe modes"])
+    if probe.ndim == 2 and p.modes > 1:
+        probe = physics.hermite_modes(probe, physics.mode_powers(p.modes, p.mode_power_ratio))
     return (probe / probe.abs().square().sum().sqrt()).numpy()
 
 
@@ -440,7 +452,8 @@ def fourier_patches(obj: np.ndarray, positions: np.ndarray, N: int) -> np.ndarra
 
 def expected_intensity(obj: np.ndarray, probe: np.ndarray, positions: np.ndarray, *,
                        periodic: bool = True) -> np.ndarray:
-    """Noise-free ``|fftshift(fft2(P * O_patch, norm="ortho"))|^2`` ``[n, N, N]`` float32.
+    """Noise-free ``|fftshift(fft2(P * O_patch, norm="ortho"))|^2`` ``[n, N, N]`` float32
+    (summed over the modes of a probe ``[K, N, N]``).
 
     :func:`ptycho_torch.physics.forward_intensity`'s far field, in complex64, with
     :func:`fourier_patches` of ``obj`` at ``positions [n, 2]`` (px); a non-``periodic``
@@ -454,10 +467,14 @@ def expected_intensity(obj: np.ndarray, probe: np.ndarray, positions: np.ndarray
         raise ValueError(f"the probe side N = {N} must be even")
     field = torch.from_numpy((obj if periodic else mirror_extend(obj)).astype(np.complex64))
     sign = 1 - 2 * (np.add.outer(np.arange(N), np.arange(N)) % 2)
-    probe_cb = torch.from_numpy((probe * sign / N).astype(np.complex64))
+    probe_cb = torch.from_numpy((physics.probe_modes(probe) * sign / N).astype(np.complex64))
     out = torch.empty((len(positions), N, N), dtype=torch.float32)
     for members, patches in iter_fourier_patches(field, positions, N):
-        far = torch.fft.fft2(patches.mul_(probe_cb))  # the gather is a copy
+        if len(probe_cb) > 1:  # modes [K, N, N]: their intensities add
+            far = torch.fft.fft2(patches[:, None] * probe_cb)
+            out[members] = torch.mul(far.real, far.real).addcmul_(far.imag, far.imag).sum(1)
+            continue
+        far = torch.fft.fft2(patches.mul_(probe_cb[0]))  # the gather is a copy
         out[members] = torch.mul(far.real, far.real).addcmul_(far.imag, far.imag)
     return out.numpy()
 
@@ -489,7 +506,8 @@ def poisson_counts(expected: np.ndarray, scale: float, rng: np.random.Generator,
 def simulate_scan(obj: np.ndarray, probe_unit: np.ndarray, positions: np.ndarray,
                   nphotons: float, rng: np.random.Generator, *, periodic: bool = True,
                   workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Poisson counts ``[n, N, N]`` float32 and the photon-scaled probe ``[N, N]`` complex64.
+    """Poisson counts ``[n, N, N]`` float32 and the photon-scaled probe ``[N, N]`` (or modes
+    ``[K, N, N]``) complex64.
 
     The intensity scale makes the mean total expected counts per pattern equal
     ``nphotons``, whatever the norm of ``probe_unit``.
@@ -536,6 +554,8 @@ def simulate_dataset(cfg: DataConfig, size: int, seed: tuple[int, int],
     if has_probe_error(cfg.probe):  # the reconstruction is given another probe
         true_probe, probe_scaled = probe_scaled, given_probe(probe_scaled, cfg.probe,
                                                              cfg.energy_eV, pixel)
+    elif probe.ndim == 3:  # partial coherence: the file records the true modes twice
+        true_probe = probe_scaled
     return PtychoData(counts=counts, probe=probe_scaled, positions_px=positions, extras=extras,
                       true_probe=true_probe,
                       object_shape=obj.shape, energy_eV=cfg.energy_eV,
@@ -545,6 +565,8 @@ def simulate_dataset(cfg: DataConfig, size: int, seed: tuple[int, int],
                       mask=mask, saturation_counts=cfg.detector.saturation_counts,
                       attrs={"nphotons": cfg.nphotons, "seed": list(seed),
                              "scan_step_px": step,
+                             **({"probe_mode_powers": np.square(np.abs(probe)).sum(
+                                 (1, 2)).tolist()} if probe.ndim == 3 else {}),
                              "probe_diameter_px": physics.probe_diameter_px(
                                  torch.from_numpy(probe)),
                              "subpixel_model": f"Fourier interpolation, 1/{SUBPIXEL_STEPS} px "

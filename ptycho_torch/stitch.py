@@ -119,7 +119,8 @@ def calibrate_patches(patches: torch.Tensor, positions: np.ndarray, shape: tuple
 
     The stitched object ``O(c) = sum_i A_i^T(w c_i p_i) / sum_i A_i^T(w)`` (``patches [n, N,
     N]``, stitching weight ``w [N, N]``, ``A_i`` the bilinear extraction at ``positions``)
-    predicts the amplitude ``|F(P A_j O)|`` of every pattern ``j``; the factors minimise the
+    predicts the amplitude ``|F(P A_j O)|`` of every pattern ``j`` (for probe modes ``P_k``
+    ``[K, N, N]``: ``sqrt(sum_k |F(P_k A_j O)|^2)``); the factors minimise the
     mean squared difference to ``sqrt(counts)`` over the ``valid`` pixels (bool
     broadcasting to ``counts [n, N, N]``; None = all), the Gaussian amplitude model of
     iterative ptychography (it converges in fewer steps than the Poisson likelihood here,
@@ -151,6 +152,7 @@ def calibrate_patches(patches: torch.Tensor, positions: np.ndarray, shape: tuple
         torch.as_tensor(valid).expand(counts.shape)[torch.from_numpy(fit)].float(),
         dim=(-2, -1)))  # the pixels fitted, in the FFT's (unshifted) order; None: all
     P, size, losses = probe.to(torch.complex64), root.numel(), []
+    modes = P.ndim == 3  # [K, N, N]: the exit waves get a mode axis 1, their intensities add
 
     def factors(x: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(x).float()  # [2n]: log amplitudes / AMPLITUDE_UNIT, phases (rad)
@@ -159,13 +161,16 @@ def calibrate_patches(patches: torch.Tensor, positions: np.ndarray, shape: tuple
     def loss_and_gradient(x: np.ndarray) -> tuple[float, np.ndarray]:
         f = factors(x)
         obj = (to_object @ f[:, None]).view(shape)
-        far = torch.fft.fft2(P * seen.extract(obj), norm="ortho")
-        amplitude = torch.linalg.vector_norm(torch.view_as_real(far), dim=-1)
+        patches = seen.extract(obj)
+        far = torch.fft.fft2(P * (patches[:, None] if modes else patches), norm="ortho")
+        amplitude = torch.linalg.vector_norm(torch.view_as_real(far),
+                                             dim=(1, -1) if modes else -1)
         residual = amplitude - root if keep is None else (amplitude - root) * keep
         loss = float(torch.linalg.vector_norm(residual)) ** 2 / size
         ratio = residual.div_(amplitude.clamp_min_(1e-12)).mul_(2 / size)
-        grad_exit = torch.fft.ifft2(far.mul_(ratio), norm="ortho")
-        grad_obj = seen.place(grad_exit.mul_(P.conj()))  # dL/dRe O + i dL/dIm O
+        grad_exit = torch.fft.ifft2(far.mul_(ratio[:, None] if modes else ratio), norm="ortho")
+        grad_exit = grad_exit.mul_(P.conj())
+        grad_obj = seen.place(grad_exit.sum(1) if modes else grad_exit)  # dL/dRe O + i dL/dIm O
         grad_f = (to_factors @ grad_obj.view(-1, 1)).view(n)  # dL/dRe f + i dL/dIm f
         h = grad_f.conj() * f
         losses.append(loss)
@@ -203,7 +208,8 @@ def stitch(patches: torch.Tensor, positions: np.ndarray, shape: tuple[int, int],
 
     Weighted average ``sum_i A_i^T(w p_i) / sum_i A_i^T(w)`` with ``A_i`` the
     (sub-pixel) patch extraction of :mod:`ptycho_torch.physics` and ``w = |P|^2``
-    (``probe_weighted``) or 1 (``uniform``). Pixels no patch covers are 0. With
+    (``probe_weighted``; for modes ``probe [K, N, N]`` their summed intensity
+    ``sum_k |P_k|^2``) or 1 (``uniform``). Pixels no patch covers are 0. With
     ``counts [n, N, N]`` and ``cfg.calibration_iterations > 0`` the patches' factors are
     calibrated on the data's valid ``pixels`` (:func:`calibrate_patches`; give
     ``ValidPixels.of(data)`` for data with a detector mask or saturation). Returns the
@@ -211,8 +217,8 @@ def stitch(patches: torch.Tensor, positions: np.ndarray, shape: tuple[int, int],
     (``phase_sync``, ``calibration``, ``stitching``: the weighted average).
     """
     pos = torch.from_numpy(positions)
-    weight = torch.from_numpy(np.abs(probe) ** 2) if cfg.stitch == "probe_weighted" \
-        else torch.ones(probe.shape)
+    weight = torch.from_numpy(physics.probe_intensity(probe)) \
+        if cfg.stitch == "probe_weighted" else torch.ones(probe.shape[-2:])
     weight = (weight / weight.max()).to(torch.float32)
     patches = patches.to(torch.complex64)
     record: dict = {"stitch": cfg.stitch, "phase_sync": cfg.phase_sync}
@@ -239,8 +245,9 @@ def stitch(patches: torch.Tensor, positions: np.ndarray, shape: tuple[int, int],
 
 def illumination(probe: np.ndarray, positions: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Summed probe intensity ``sum_i A_i^T |P|^2`` float64 ``[H, W]`` for ``positions [n, 2]``
-    (px): with the probe's photon scale, the incident photons per object pixel."""
-    inten = torch.from_numpy(np.abs(probe).astype(np.float64) ** 2)
+    (px; modes ``probe [K, N, N]``: ``|P|^2 = sum_k |P_k|^2``): with the probe's photon
+    scale, the incident photons per object pixel."""
+    inten = torch.from_numpy(physics.probe_intensity(np.abs(probe).astype(np.float64)))
     return physics.place_patches(inten.expand(len(positions), -1, -1),
                                  torch.from_numpy(positions), shape).numpy()
 

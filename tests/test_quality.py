@@ -332,7 +332,7 @@ def test_the_iterative_and_the_infer_entries_call_it_with_their_own_probe_and_po
                    tmp_path / "a.png")
     assert seen == [(None, None)]
     moved = data.positions_px + 0.25
-    solved = iterative.Solved(scene["obj"].astype(np.complex64), 1.1 * data.probe, moved, [],
+    solved = iterative.Solved(scene["obj"].astype(np.complex64), 1.1 * data.probe, True, moved, [],
                               1.0, 0.0)
     cfg = resolve_config({"iterative": {"half_data_frc": False}})
     q = iterative.assess_without_truth(solved, data, cfg, False, False, tmp_path / "b.png")
