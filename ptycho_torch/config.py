@@ -154,12 +154,17 @@ workflow's rules leave them out of their params: editing them reruns nothing."""
 class ModelConfig:
     generator: str = spec("cnn", "the network from amplitudes to object patches, a name "
                           "registered in ptycho_torch/generators.py: cnn = an encoder and two "
-                          "decoders, shaped by n_filters_scale, amp_activation, pad_object and "
-                          "probe_big")
-    n_filters_scale: int = spec(1, "width multiplier: encoder widths are 16, 32, 64 times this",
-                                lo=1, hi=8)
+                          "decoders; unet = the same with skip connections; fno = a Fourier "
+                          "neural operator (fno_modes, fno_layers) and a CNN refiner; all "
+                          "shaped by n_filters_scale, amp_activation, pad_object and probe_big")
+    n_filters_scale: int = spec(1, "width multiplier: cnn and unet encoder widths are 16, "
+                                "32, 64 times this; fno: Fourier layers 32, refiner 16 times "
+                                "this", lo=1, hi=8)
     amp_activation: str = spec("sigmoid", "activation of the amplitude head",
                                choices=("sigmoid", "softplus", "silu"))
+    fno_modes: int = spec(8, "fno: Fourier modes kept along each axis by every spectral "
+                          "convolution (at most data.N / 2)", lo=1, hi=512)
+    fno_layers: int = spec(4, "fno: Fourier layers before the CNN refiner", lo=1, hi=16)
     gridsize: int = spec(2, "g: each sample groups C = g*g neighbouring scan positions", lo=1, hi=4)
     n_neighbours: int = spec(6, "K: group members are drawn from each anchor's K nearest "
                              "positions (itself included)", lo=2, hi=64)

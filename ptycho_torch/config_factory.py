@@ -183,6 +183,11 @@ def _model_training_checks(cfg: ExperimentConfig, ok: Callable[..., bool]) -> li
     if ok("model.generator") and m.generator not in generators.GENERATORS:
         problems.append(f"model.generator: {m.generator!r} is not a registered generator; known: "
                         f"{', '.join(generators.GENERATORS)} (ptycho_torch/generators.py)")
+    if ok("model.generator", "model.fno_modes", "data.N") and m.generator == "fno" and \
+            2 * m.fno_modes > cfg.data.N:
+        problems.append(f"model.fno_modes: {m.fno_modes} is above data.N / 2 = "
+                        f"{cfg.data.N // 2} (the modes kept along an axis, from both ends of "
+                        "the spectrum, must fit the N frequencies)")
     if ok("training.epochs", "training.init_model") and t.epochs == 0 and not t.init_model:
         problems.append("training.epochs: 0 trains nothing, and training.init_model is not set: "
                         "the model would keep its random initial weights; set training.epochs "

@@ -25,7 +25,8 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
                          nn.Conv2d(c_out, c_out, 3, padding=1), nn.ReLU())
 
 
-def _phase_activation(x: torch.Tensor) -> torch.Tensor:
+def phase_activation(x: torch.Tensor) -> torch.Tensor:
+    """The phase head's activation: ``pi * tanh`` (rad, in (-pi, pi)); shape kept."""
     return math.pi * torch.tanh(x)
 
 
@@ -57,14 +58,43 @@ class Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         features = self.body(z)
-        out = self.activation(self.head(features).float())
-        if not self.pad:
-            return out
-        q = out.shape[-1] // 2  # the centre is N/2 wide: N/4 of zeros on each side
-        out = nn.functional.pad(out, (q, q, q, q))
-        if self.outer is None:
-            return out
-        return out + self.ring * self.activation(self.outer(features).float())
+        return assemble(self.activation, self.head(features), self.pad,
+                        None if self.outer is None else (self.ring, lambda: self.outer(features)))
+
+
+def assemble(activation: Callable[[torch.Tensor], torch.Tensor], logits: torch.Tensor, pad: bool,
+             border: tuple[torch.Tensor, Callable[[], torch.Tensor]] | None) -> torch.Tensor:
+    """One head's map ``[B, C, N, N]``: ``activation`` (in float32) of ``logits``, which are
+    ``[B, C, N, N]`` without ``pad``, else the central ``[B, C, N/2, N/2]`` padded with 0;
+    ``border`` = (``ring`` ``[N, N]`` 0/1, a callable giving full-size logits ``[B, C, N,
+    N]``) then fills the ring (``probe_big``). The callable runs only when needed."""
+    out = activation(logits.float())
+    if not pad:
+        return out
+    q = out.shape[-1] // 2  # the centre is N/2 wide: N/4 of zeros on each side
+    out = nn.functional.pad(out, (q, q, q, q))
+    if border is None:
+        return out
+    ring, outer = border
+    return out + ring * activation(outer().float())
+
+
+def regions(cfg: ModelConfig, N: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(support, ring)`` of an ``N`` x ``N`` patch: ``support`` ``[N, N]`` is 1 on the
+    predicted region (the whole patch, or the centre N/2 x N/2 with ``pad_object`` alone);
+    ``ring`` ``[N, N]`` is the 0/1 border outside that centre with ``pad_object`` and
+    ``probe_big`` (predicted by a second path), else None."""
+    centre = torch.zeros(N, N)
+    q = N // 4 if cfg.pad_object else 0
+    centre[q:N - q, q:N - q] = 1
+    ring = 1 - centre if cfg.pad_object and cfg.probe_big else None
+    return (centre if ring is None else torch.ones(N, N)), ring
+
+
+def amplitude_activation(cfg: ModelConfig) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The amplitude head's activation, ``model.amp_activation``."""
+    return {"sigmoid": torch.sigmoid, "softplus": nn.functional.softplus,
+            "silu": nn.functional.silu}[cfg.amp_activation]
 
 
 def first_width(cfg: ModelConfig) -> int:
@@ -80,19 +110,13 @@ class CNN(nn.Module):
     def __init__(self, cfg: ModelConfig, N: int):
         super().__init__()
         w, channels = first_width(cfg), cfg.gridsize ** 2
-        centre = torch.zeros(N, N)
-        q = N // 4 if cfg.pad_object else 0
-        centre[q:N - q, q:N - q] = 1
-        ring = 1 - centre if cfg.pad_object and cfg.probe_big else None
-        self.register_buffer("support", centre if ring is None else torch.ones(N, N),
-                             persistent=False)
+        support, ring = regions(cfg, N)
+        self.register_buffer("support", support, persistent=False)
         self.encoder = nn.Sequential(_block(channels, w), nn.MaxPool2d(2),
                                      _block(w, 2 * w), nn.MaxPool2d(2),
                                      _block(2 * w, 4 * w), nn.MaxPool2d(2))
-        amp_activation = {"sigmoid": torch.sigmoid, "softplus": nn.functional.softplus,
-                          "silu": nn.functional.silu}[cfg.amp_activation]
-        self.amplitude = Decoder(w, channels, amp_activation, cfg.pad_object, ring)
-        self.phase = Decoder(w, channels, _phase_activation, cfg.pad_object, ring)
+        self.amplitude = Decoder(w, channels, amplitude_activation(cfg), cfg.pad_object, ring)
+        self.phase = Decoder(w, channels, phase_activation, cfg.pad_object, ring)
 
     @staticmethod
     def activation_bytes(cfg: ModelConfig, N: int) -> int:

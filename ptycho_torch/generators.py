@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 # name -> "module:class"
 GENERATORS: Mapping[str, str] = MappingProxyType({
     "cnn": "ptycho_torch.generator_cnn:CNN",
+    "unet": "ptycho_torch.generator_unet:UNet",
+    "fno": "ptycho_torch.generator_fno:FNO",
 })
 
 
