@@ -41,7 +41,7 @@ from ptycho_torch.products import (evaluate, write_figures, write_ptychodus,
 from ptycho_torch.files import write_atomic
 from ptycho_torch.stitch import stitch
 from ptycho_torch.execution import setup_execution
-from ptycho_torch.warmup import checkpoint_probe, source_record
+from ptycho_torch.warmup import checkpoint_probe, keep_photons, source_record
 
 LOG = logging.getLogger("ptycho_torch")
 # what the step does after the reconstruction, timed in its summary as <part>_seconds
@@ -127,8 +127,10 @@ def reconstruct(model: PtychoPINN, data: PtychoData, cfg: ExperimentConfig,
 
 def used_probe(model_path: Path, cfg: ExperimentConfig, given: np.ndarray) -> np.ndarray:
     """The probe inference starts from: the warmed-up one the checkpoint holds
-    (``model.probe_source: iterative``, :func:`ptycho_torch.warmup.checkpoint_probe`), else
-    the data's ``given`` probe itself. Raises ConfigError when they do not fit."""
+    (``model.probe_source: iterative``, :func:`ptycho_torch.warmup.checkpoint_probe`) with
+    the photons of the data's ``given`` probe (each file's probe carries its own counts'
+    photon scale, :func:`ptycho_torch.warmup.keep_photons`), else ``given`` itself. Raises
+    ConfigError when they do not fit."""
     try:
         probe = checkpoint_probe(load_checkpoint(model_path).get("meta", {}), cfg)
     except ValueError as exc:
@@ -138,7 +140,7 @@ def used_probe(model_path: Path, cfg: ExperimentConfig, given: np.ndarray) -> np
     if probe.shape != given.shape:
         raise ConfigError([f"--model: {model_path}'s warmed-up probe is {probe.shape}, the "
                            f"data's {given.shape}"])
-    return probe
+    return keep_photons(probe, given)
 
 
 class Clock:
