@@ -448,12 +448,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="training data (.cxi)")
     parser.add_argument("--out-dir", type=Path, required=True,
                         help="writes model.pt, history.csv, loss.png here")
-    parser.add_argument("--probe", type=Path,
-                        help="the probe warm-up's file (model.probe_source: iterative): train "
-                             "with its probe and positions")
     cli.add_set_arg(parser)
     cli.add_execution_args(parser)
     cli.add_report_arg(parser)
+    parser.add_argument("--probe", type=Path, help="the probe warm-up's file "
+                        "(model.probe_source: iterative): train with its probe and positions")
     args = parser.parse_args(argv)
     products = [args.out_dir / n for n in ("model.pt", "history.csv", "loss.png")]
     try:
