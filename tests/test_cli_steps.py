@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO, run_step
 from ptycho_torch.evidence import sha256_file
 
-STEPS = ("simulate", "validate", "train", "infer", "report")
+STEPS = ("simulate", "validate", "probe_warmup", "train", "infer", "report")
 BAD_SETS = ("--set", "data.N=33", "--set", "training.epochz=1")
 REPORT_DIR = "reports/2026-01-01T000000Z/tiny"
 

@@ -155,3 +155,17 @@ def test_the_measured_scan_example_plans_the_warm_up(tmp_path):
     assert out.returncode == 0, out.stdout
     assert {"simulate", "validate", "probe_warmup", "train", "infer"} <= jobs_run(out.stdout)
     assert "--probe results/measured_scan/probe_warmup/probe.npz" in out.stdout
+
+
+def test_without_ptychi_the_warm_up_fails_naming_the_install(tmp_path, monkeypatch):
+    import sys
+    from ptycho_torch import probe_warmup
+    monkeypatch.setitem(sys.modules, "ptychi", None)  # `import ptychi` now fails
+    path = tmp_path / "train.cxi"
+    write_cxi(path, synthetic_scan(12, 16))
+    step = tmp_path / "reports/2026-01-01T000000Z/tiny/probe_warmup"
+    code = probe_warmup.main(["--config-json", json.dumps({"model": {
+        "probe_source": "iterative"}, "data": {"N": 16}}), "--data", str(path),
+        "--out", str(tmp_path / "probe.npz"), "--report-dir", str(step)])
+    assert code == 1 and not (tmp_path / "probe.npz").exists()
+    assert "make iterative" in (step / "summary.md").read_text()
