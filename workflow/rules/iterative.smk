@@ -13,6 +13,7 @@ comparison runs. The installed pty-chi version is a parameter of the rule: insta
 upgrading it reruns the reconstruction.
 """
 
+
 rule iterative:
     """Reconstruct the test object with pty-chi (iterative.engine, iterative.epochs)."""
     input:
