@@ -194,12 +194,6 @@ SCIENCE = config_json(*SCIENCE_SECTIONS)
 # Rules whose log and benchmark files the report seals: the steps before it (compare.smk's
 # too when the report embeds the comparison) and a study's points (studies.smk).
 PROBE_WARMUP = config["model"]["probe_source"] == "iterative"  # train.smk: rule probe_warmup
-PIPELINE_STEPS = (
-    ("simulate", "validate")
-    + (("probe_warmup",) if PROBE_WARMUP else ())
-    + (
-        "train",
-        "infer",
-    )
-)
+WARMUP_STEPS = ("probe_warmup",) if PROBE_WARMUP else ()
+PIPELINE_STEPS = ("simulate", "validate", *WARMUP_STEPS, "train", "infer")
 COMPARISON_STEPS = ("baseline_train", "baseline_infer", "iterative", "hybrid", "compare")
