@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ptycho_torch import iterative
+from ptycho_torch import ptychi_solver
 from ptycho_torch.config_factory import resolve_config
 from ptycho_torch.dataset import true_positions
 from ptycho_torch.products import evaluate
@@ -54,7 +54,7 @@ def solve(error: dict[str, float], refine: str | None, what: str, epochs: int
     cfg = resolve_config(None, {**error, "execution.threads": 2, "iterative.epochs": epochs,
                                 **({refine: True} if refine else {})})
     data = simulate_dataset(cfg.data, cfg.data.object.test_size_px, (cfg.seed, 1))
-    solved = iterative.reconstruct(data, cfg, False, lambda *_: None)
+    solved = ptychi_solver.reconstruct(data, cfg, False, lambda *_: None)
     m = evaluate(solved.obj, replace(data, probe=solved.probe), Path("test.cxi"),
                  solved.positions if cfg.iterative.position_correction else None,
                  data.probe if cfg.iterative.probe_refinement else None)

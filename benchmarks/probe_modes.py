@@ -18,21 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from ptycho_torch import iterative, quality  # noqa: E402
-from ptycho_torch.config import DataConfig, ExperimentConfig, IterativeConfig, ProbeConfig  # noqa: E402
-from ptycho_torch.metrics import coherence_error  # noqa: E402
-from ptycho_torch.simulate import simulate_dataset  # noqa: E402
+from ptycho_torch import iterative, ptychi_solver, quality
+from ptycho_torch.config import DataConfig, ExperimentConfig, IterativeConfig, ProbeConfig
+from ptycho_torch.metrics import coherence_error
+from ptycho_torch.simulate import simulate_dataset
 
 
 def simulate(modes: int, ratio: float, size: int) -> tuple[DataConfig, object]:
@@ -47,7 +42,7 @@ def solve(data, true_probe: np.ndarray, modes: int, args: argparse.Namespace) ->
     cfg = replace(cfg, iterative=IterativeConfig(engine=args.engine, epochs=args.epochs,
                                                  probe_refinement=True, probe_modes=modes),
                   execution=replace(cfg.execution, threads=args.threads))
-    solved = iterative.reconstruct(data, cfg, False, lambda *a: None)
+    solved = ptychi_solver.reconstruct(data, cfg, False, lambda *a: None)
     predicted = quality.predicted_counts(solved.obj, solved.probe, solved.positions)
     r = quality.r_factor(data.counts, predicted, quality.valid_mask(data))
     q = iterative.quality(solved.obj, data)
@@ -74,7 +69,7 @@ def main() -> None:
     cfg, data = simulate(args.modes, args.ratio, args.size)
     true = data.probe
     power = np.square(np.abs(true)).sum((1, 2))
-    guess, _ = iterative.solver_probe(true, 1)
+    guess, _ = ptychi_solver.solver_probe(true, 1)
     given = replace(data, probe=guess[0])
     print(f"scan: {len(data.counts)} positions, N = {data.N}, {args.modes} modes holding "
           f"{np.round(power / power.sum(), 4).tolist()} of the power (modes 2+: "

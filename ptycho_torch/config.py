@@ -181,6 +181,14 @@ class ModelConfig:
     intensity_scale_trainable: bool = spec(False, "learn one global factor s of the predicted "
                                            "counts s^2 |F(P O)|^2 (initial s = 1; absorbs a "
                                            "probe whose photon scale is off)")
+    probe_source: str = spec("given", "the probe the PINN trains and reconstructs with: the "
+                             "data file's (given), or the probe of a short pty-chi run with "
+                             "probe refinement on the training scan (iterative: the probe "
+                             "warm-up, also correcting the positions with "
+                             "iterative.position_correction; engine and batch size from "
+                             "iterative.*)", choices=("given", "iterative"))
+    probe_warmup_epochs: int = spec(30, "probe_source iterative: epochs of the warm-up",
+                                    lo=1, hi=100000)
 
 
 @dataclass(frozen=True)

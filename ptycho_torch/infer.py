@@ -28,7 +28,7 @@ import torch
 
 from ptycho_torch import cli, figures, quality
 from ptycho_torch.config import ExperimentConfig
-from ptycho_torch.config_factory import create_inference_payload
+from ptycho_torch.config_factory import ConfigError, create_inference_payload, load_checkpoint
 from ptycho_torch.data import read_data
 from ptycho_torch.dataset import PtychoData
 from ptycho_torch.grouping import group_indices, relative_offsets
@@ -41,6 +41,7 @@ from ptycho_torch.products import (evaluate, write_figures, write_ptychodus,
 from ptycho_torch.files import write_atomic
 from ptycho_torch.stitch import stitch
 from ptycho_torch.execution import setup_execution
+from ptycho_torch.warmup import checkpoint_probe, keep_photons, source_record
 
 LOG = logging.getLogger("ptycho_torch")
 # what the step does after the reconstruction, timed in its summary as <part>_seconds
@@ -124,6 +125,24 @@ def reconstruct(model: PtychoPINN, data: PtychoData, cfg: ExperimentConfig,
     return Reconstruction(obj, record, {"network": network, **seconds})
 
 
+def used_probe(model_path: Path, cfg: ExperimentConfig, given: np.ndarray) -> np.ndarray:
+    """The probe inference starts from: the warmed-up one the checkpoint holds
+    (``model.probe_source: iterative``, :func:`ptycho_torch.warmup.checkpoint_probe`) with
+    the photons of the data's ``given`` probe (each file's probe carries its own counts'
+    photon scale, :func:`ptycho_torch.warmup.keep_photons`), else ``given`` itself. Raises
+    ConfigError when they do not fit."""
+    try:
+        probe = checkpoint_probe(load_checkpoint(model_path).get("meta", {}), cfg)
+    except ValueError as exc:
+        raise ConfigError([f"--model: {model_path}: {exc}"]) from None
+    if probe is None:
+        return given
+    if probe.shape != given.shape:
+        raise ConfigError([f"--model: {model_path}'s warmed-up probe is {probe.shape}, the "
+                           f"data's {given.shape}"])
+    return keep_photons(probe, given)
+
+
 class Clock:
     """Seconds between successive :meth:`lap` calls (the first from construction)."""
 
@@ -180,8 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         device = setup_execution(cfg.execution)
         model = load_model(args.model, cfg)
         given = read_data(args.data, cfg.data)
-        data = replace(given, probe=model.probe_for_data(given.probe))  # trained probe / scale
-        refined = given.probe if model.probe is not None else None
+        beam = used_probe(args.model, cfg, given.probe)  # the warm-up's (same beam) or given
+        data = replace(given, probe=model.probe_for_data(beam))  # trained probe / scale
+        refined = given.probe if model.probe is not None or beam is not given.probe else None
+        rep.record(source_record(cfg))
         rec = reconstruct(model, data, cfg, device)
         rep.record({"inference_batch": inference_batch(cfg, device)})
         after, clock = {}, Clock()

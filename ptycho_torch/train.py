@@ -44,6 +44,7 @@ from ptycho_torch.model import PtychoPINN, autocast, input_scale, physics_loss, 
 from ptycho_torch.evidence import StepReport
 from ptycho_torch.execution import setup_execution
 from ptycho_torch.files import write_atomic
+from ptycho_torch.warmup import ITERATIVE, WarmedUp, apply_warmup, read_warmup, source_record
 
 LOG = logging.getLogger("ptycho_torch")
 RESUME_FILE = "resume_state.pt"  # training state after the last finished epoch; removed at the end
@@ -386,6 +387,33 @@ def trained_physics(model: PtychoPINN, probe: np.ndarray) -> dict[str, float]:
     return out
 
 
+def warmed_up_probe(cfg: ExperimentConfig, path: Path | None) -> WarmedUp | None:
+    """The probe warm-up's file (``--probe``) when ``model.probe_source`` is iterative, else
+    None; raises ConfigError when the one is given without the other."""
+    iterative = cfg.model.probe_source == ITERATIVE
+    if iterative != (path is not None):
+        raise ConfigError([f"--probe: model.probe_source is {cfg.model.probe_source!r}: the "
+                           "warm-up's probe file (the probe_warmup step's probe.npz) is "
+                           + ("needed" if iterative else "not used")])
+    if path is None:
+        return None
+    try:
+        return read_warmup(path)
+    except (OSError, KeyError, ValueError) as exc:
+        raise ConfigError([f"--probe: {path} is not a probe warm-up file ({exc})"]) from None
+
+
+def probe_meta(cfg: ExperimentConfig, warmed: WarmedUp | None) -> dict:
+    """The checkpoint's record of the probe: where it came from (``source_record``) and,
+    after a warm-up, the warmed-up probe itself (``probe_warmup``, a complex64 tensor of the
+    data's probe shape: inference uses it) and its record."""
+    meta = source_record(cfg, warmed)
+    if warmed is not None:
+        meta.update({"probe_warmup": torch.from_numpy(warmed.probe),
+                     "probe_warmup_record": warmed.record})
+    return meta
+
+
 def keep_last_good(exc: TrainingDiverged, cfg: ExperimentConfig, rep: StepReport) -> Path:
     """After a divergence: the last good model, its history and loss curve into the step's
     evidence directory (the declared products are removed, here and by Snakemake)."""
@@ -422,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_set_arg(parser)
     cli.add_execution_args(parser)
     cli.add_report_arg(parser)
+    parser.add_argument("--probe", type=Path, help="the probe warm-up's file "
+                        "(model.probe_source: iterative): train with its probe and positions")
     args = parser.parse_args(argv)
     products = [args.out_dir / n for n in ("model.pt", "history.csv", "loss.png")]
     try:
@@ -443,7 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     def body(cfg: ExperimentConfig, rep: StepReport | None) -> None:
         """Train (every rank); write products and evidence (rank 0: ``rep`` is not None)."""
         device = setup_execution(cfg.execution)
-        data = read_cxi(args.data)  # before joining: a bad file stops every rank alike
+        given = read_cxi(args.data)  # before joining: a bad file stops every rank alike
+        warmed = warmed_up_probe(cfg, args.probe)
+        data = given if warmed is None else apply_warmup(given, warmed, positions=True)
         if rep is not None and cfg.training.init_model:  # its hash goes into the manifest
             rep.inputs.append(Path(cfg.training.init_model))
         resume = args.out_dir / RESUME_FILE
@@ -463,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
         probe_scale = data.attrs.get("probe_scale", {}).get("factor", 1.0)
         save_checkpoint(products[0], model, cfg, {"input_scale_train": scale,
                                                   "epochs_run": len(history),
-                                                  "probe_scale_factor": probe_scale})
+                                                  "probe_scale_factor": probe_scale,
+                                                  **probe_meta(cfg, warmed)})
         resume.unlink(missing_ok=True)
         write_history(products[1], history)
         figures.loss_curve(products[2], history)
@@ -476,10 +509,14 @@ def main(argv: list[str] | None = None) -> int:
                     "patterns_per_second": patterns_per_second(history),
                     "parameters": sum(p.numel() for p in model.parameters()),
                     **trained_physics(model, data.probe), "probe_scale_factor": probe_scale,
+                    **source_record(cfg, warmed),
                     "device": str(device), "threads": torch.get_num_threads(),
                     "precision": cfg.execution.precision,
                     "world_size": launch.world_size if launch else 1,
                     "distributed": backend})
+        if warmed is not None:
+            figures.probes(rep.directory / "probe.png", given.probe, data.probe,
+                           given.true_probe)
         rep.verdict = (f"trained ({cfg.training.mode}) {len(history)} epochs on "
                        f"{len(data.counts)} patterns in {seconds:.0f} s")
 
@@ -495,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1  # rank 0 reports it
         return 0
     return cli.run_step("train", args, products, body, load_config=load,
-                        inputs=[args.payload, args.data])
+                        inputs=[args.payload, args.data] + ([args.probe] if args.probe else []))
 
 
 if __name__ == "__main__":

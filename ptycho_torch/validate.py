@@ -255,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                     "warnings": "; ".join(f"{role}: {w}" for role in found
                                           for w in found[role]["warnings"]) or "none",
                     "init_model": cfg.training.init_model or "none",
+                    "probe_source": cfg.model.probe_source,  # iterative: the warm-up's probe
                     "config_hash": config_hash(cfg), "payload_sha256": sha256_file(args.out)})
         warned = sum(len(found[role]["warnings"]) for role in found)
         rep.verdict = ("PASS: settings valid and consistent with both data files; payload "

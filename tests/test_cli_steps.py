@@ -14,7 +14,7 @@ from ptycho_torch.evidence import sha256_file
 
 pytestmark = pytest.mark.slow  # each test starts a step CLI or Python (~2-4 s on 2 cores)
 
-STEPS = ("simulate", "validate", "train", "infer", "report")
+STEPS = ("simulate", "validate", "probe_warmup", "train", "infer", "report")
 BAD_SETS = ("--set", "data.N=33", "--set", "training.epochz=1")
 REPORT_DIR = "reports/2026-01-01T000000Z/tiny"
 

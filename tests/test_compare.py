@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, copy_workflow, jobs_run, run_snakemake, run_step
-from ptycho_torch import compare, comparison, figures, iterative
+from ptycho_torch import compare, comparison, figures, ptychi_solver
 from ptycho_torch.formatting import number
 from ptycho_torch.evidence import RUN_ID_PATTERN, StepReport, load_manifest, sha256_file
 
@@ -416,7 +416,7 @@ def test_compare_run_leaves_evidence_that_audits_clean(compared):
 
 # ---------------------------------------------------------------- without ground truth
 
-@pytest.mark.skipif(iterative.ptychi_version() is None, reason=iterative.PTYCHI_MISSING)
+@pytest.mark.skipif(ptychi_solver.ptychi_version() is None, reason=ptychi_solver.PTYCHI_MISSING)
 def test_without_ground_truth_compare_ranks_by_the_r_factor(iterative_without_truth):
     """Two real pty-chi runs on a scan without ground truth (30 and 2 epochs): the compare
     step accepts their metrics files, ranks the 30-epoch run first by the R-factor over its

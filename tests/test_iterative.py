@@ -16,7 +16,7 @@ import torch
 from scipy import ndimage
 
 from conftest import run_step
-from ptycho_torch import iterative, simulate
+from ptycho_torch import iterative, ptychi_solver, simulate
 from ptycho_torch.config_factory import resolve_config
 from ptycho_torch.cxi import write_cxi
 from ptycho_torch.evidence import load_manifest
@@ -30,8 +30,8 @@ EASY = {"experiment": "easy", "data": {"N": 16, "object": {"train_size_px": 32,
                                        "probe": {"pupil_radius_px": 3.0},
                                        "scan": {"step_px": 2.0}},
         "iterative": {"epochs": 30, "batch_size": 16}, "execution": {"threads": 1}}
-needs_ptychi = pytest.mark.skipif(iterative.ptychi_version() is None,
-                                  reason=iterative.PTYCHI_MISSING)
+needs_ptychi = pytest.mark.skipif(ptychi_solver.ptychi_version() is None,
+                                  reason=ptychi_solver.PTYCHI_MISSING)
 
 
 @pytest.mark.parametrize("kernel, sigma", [((9, 9), (3.0, 3.0)), ((9, 5), 1.5)])
@@ -55,9 +55,9 @@ def test_gaussian_blur_stand_in_refuses_what_it_does_not_do():
 
 
 def test_checkpoints_are_about_ten_per_decade_and_end_at_the_last_epoch():
-    assert iterative.checkpoint_epochs(1) == [1]
-    assert iterative.checkpoint_epochs(30) == [1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 20, 25, 30]
-    marks = iterative.checkpoint_epochs(1000)
+    assert ptychi_solver.checkpoint_epochs(1) == [1]
+    assert ptychi_solver.checkpoint_epochs(30) == [1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 20, 25, 30]
+    marks = ptychi_solver.checkpoint_epochs(1000)
     assert marks[-1] == 1000 and len(marks) == len(set(marks)) == 28  # 1..1000: 3 decades
     assert all(b / a <= 2.0 for a, b in zip(marks, marks[1:]))
 
@@ -65,7 +65,7 @@ def test_checkpoints_are_about_ten_per_decade_and_end_at_the_last_epoch():
 @needs_ptychi
 @pytest.mark.slow
 def test_ptychi_imports_in_this_environment():
-    api, task_class = iterative.import_ptychi()
+    api, task_class = ptychi_solver.import_ptychi()
     assert hasattr(api, "LSQMLOptions") and hasattr(api, "EPIEOptions")
     assert task_class.__name__ == "PtychographyTask"
     tv = sys.modules["torchvision"]  # the stand-in, unless a real torchvision is installed
@@ -122,7 +122,7 @@ def test_lsqml_recovers_the_known_object(reconstructed):
 def test_convergence_is_recorded_at_the_checkpoints(reconstructed):
     m = json.loads((reconstructed / "out/metrics.json").read_text())
     curve = m["convergence"]
-    assert [c["epoch"] for c in curve] == iterative.checkpoint_epochs(30)
+    assert [c["epoch"] for c in curve] == ptychi_solver.checkpoint_epochs(30)
     seconds = [c["seconds"] for c in curve]
     assert all(b > a for a, b in zip(seconds, seconds[1:]))
     assert seconds[-1] == pytest.approx(m["reconstruction_seconds"])

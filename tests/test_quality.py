@@ -319,7 +319,7 @@ def test_the_iterative_and_the_infer_entries_call_it_with_their_own_probe_and_po
         scene, tmp_path, monkeypatch):
     """Spying on ``quality.data_consistency``: the infer step's entry passes the data's
     (trained) probe and positions; the iterative step's the solver's final ones."""
-    from ptycho_torch import iterative
+    from ptycho_torch import iterative, ptychi_solver
     seen: list[tuple] = []
     real = quality.data_consistency
 
@@ -332,7 +332,7 @@ def test_the_iterative_and_the_infer_entries_call_it_with_their_own_probe_and_po
                    tmp_path / "a.png")
     assert seen == [(None, None)]
     moved = data.positions_px + 0.25
-    solved = iterative.Solved(scene["obj"].astype(np.complex64), 1.1 * data.probe, True, moved, [],
+    solved = ptychi_solver.Solved(scene["obj"].astype(np.complex64), 1.1 * data.probe, True, moved, [],
                               1.0, 0.0)
     cfg = resolve_config({"iterative": {"half_data_frc": False}})
     q = iterative.assess_without_truth(solved, data, cfg, False, False, tmp_path / "b.png")

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from conftest import REPO, TINY, clean_env, copy_workflow, jobs_run, run_snakemake, run_step
-from ptycho_torch import iterative
+from ptycho_torch import ptychi_solver
 from ptycho_torch.config_factory import ConfigError
 from ptycho_torch.evidence import RUN_ID_PATTERN, load_manifest
 from ptycho_torch.study_points import point_configs, value_label
@@ -142,8 +142,8 @@ def test_a_values_rules_get_the_cluster_resources_of_the_rules_they_copy(workflo
 @pytest.fixture(scope="module", params=TINY_STUDIES, ids=[s.name for s in TINY_STUDIES])
 def studied(request, tmp_path_factory) -> tuple[Path, Path, TinyStudy]:
     """One run of a tiny study: (workdir, run directory, the study)."""
-    if iterative.ptychi_version() is None:
-        pytest.skip(iterative.PTYCHI_MISSING)
+    if ptychi_solver.ptychi_version() is None:
+        pytest.skip(ptychi_solver.PTYCHI_MISSING)
     study = request.param
     workdir = copy_workflow(tmp_path_factory.mktemp("study"))
     (workdir / "study.yaml").write_text(yaml.safe_dump(study.config()))

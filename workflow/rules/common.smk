@@ -16,6 +16,7 @@ unformatted `shell:` text changed. So:
 
 import ast
 import dataclasses
+import importlib.metadata
 import json
 import os
 import shlex
@@ -98,6 +99,14 @@ def _package_imports(node: ast.AST) -> list[str]:
     if isinstance(node, ast.Import):
         return [a.name.split(".")[1] for a in node.names if a.name.startswith("ptycho_torch.")]
     return []
+
+
+def installed_version(package: str) -> str:
+    """The installed version of ``package``, or "absent" (package metadata; imports nothing)."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
 
 
 def result(step: str, name: str = "") -> str:
@@ -184,5 +193,7 @@ SCIENCE = config_json(*SCIENCE_SECTIONS)
 
 # Rules whose log and benchmark files the report seals: the steps before it (compare.smk's
 # too when the report embeds the comparison) and a study's points (studies.smk).
-PIPELINE_STEPS = ("simulate", "validate", "train", "infer")
+PROBE_WARMUP = config["model"]["probe_source"] == "iterative"  # train.smk: rule probe_warmup
+WARMUP_STEPS = ("probe_warmup",) if PROBE_WARMUP else ()
+PIPELINE_STEPS = ("simulate", "validate", *WARMUP_STEPS, "train", "infer")
 COMPARISON_STEPS = ("baseline_train", "baseline_infer", "iterative", "hybrid", "compare")

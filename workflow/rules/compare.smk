@@ -47,6 +47,7 @@ rule baseline_train:
     input:
         payload=rules.validate.output.payload,
         data=rules.simulate.output.train,
+        probe=warmup_input,  # the PINN's probe (train.smk)
         code=step_sources("train"),
     output:
         model=baseline("train", "model.pt"),
@@ -62,8 +63,9 @@ rule baseline_train:
     params:
         mode=f"--set training.mode=supervised --set {shlex.quote(f'experiment={json.dumps(BASELINE_EXP)}')}",
         out_dir=output_dir("model"),
+        probe=probe_arg,
     shell:
-        train_shell("{params.mode}", "{BASELINE_REPORTS}")
+        train_shell("{params.mode} {params.probe}", "{BASELINE_REPORTS}")
 
 
 rule baseline_infer:

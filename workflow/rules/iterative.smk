@@ -13,16 +13,6 @@ comparison runs. The installed pty-chi version is a parameter of the rule: insta
 upgrading it reruns the reconstruction.
 """
 
-import importlib.metadata
-
-
-def installed_version(package: str) -> str:
-    """The installed version of ``package``, or "absent" (package metadata; imports nothing)."""
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "absent"
-
 
 rule iterative:
     """Reconstruct the test object with pty-chi (iterative.engine, iterative.epochs)."""
