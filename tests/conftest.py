@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+from dataclasses import dataclass
 import sys
 from pathlib import Path
 
@@ -40,6 +41,13 @@ def clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PTYCHO_RUN_ID"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
+
+
+@dataclass(frozen=True)
+class WorkflowRun:
+    """A Snakemake invocation in a workflow copy: the directory and what it printed."""
+    workdir: Path
+    out: subprocess.CompletedProcess
 
 
 def run_snakemake(workdir: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:

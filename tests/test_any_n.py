@@ -9,15 +9,14 @@ stripped of what a beamline file lacks (ground truth, our /entry_1/ptycho_torch 
 from __future__ import annotations
 
 import json
-import subprocess
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
 import pytest
 import yaml
 
-from conftest import TINY, copy_workflow, edit_h5, jobs_run, run_snakemake
+from conftest import TINY, WorkflowRun, copy_workflow, edit_h5, jobs_run, run_snakemake
 from ptycho_torch import simulate, validate
 from ptycho_torch.config import DataConfig, ProbeConfig, ScanConfig
 from ptycho_torch.cxi import OURS, write_cxi
@@ -39,19 +38,13 @@ def write_measured_cxi(path: Path) -> Path:
     return path
 
 
-@dataclass(frozen=True)
-class Run:
-    workdir: Path
-    out: subprocess.CompletedProcess
-
-
 @pytest.fixture(scope="module")
-def run128(tmp_path_factory) -> Run:
+def run128(tmp_path_factory) -> WorkflowRun:
     """One Snakemake run of the tiny overlay on the N = 128 file."""
     workdir = copy_workflow(tmp_path_factory.mktemp("n128"))
     write_measured_cxi(workdir / "scan128.cxi")
     (workdir / "n128.yaml").write_text(yaml.safe_dump(MEASURED))
-    return Run(workdir, run_snakemake(workdir, "--configfile", TINY, "n128.yaml"))
+    return WorkflowRun(workdir, run_snakemake(workdir, "--configfile", TINY, "n128.yaml"))
 
 
 def test_validate_accepts_the_file_at_N_128_under_the_tiny_overlay(tmp_path, monkeypatch, capsys):

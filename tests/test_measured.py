@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -19,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY, copy_workflow, jobs_run, run_snakemake, run_step
+from conftest import TINY, WorkflowRun, copy_workflow, jobs_run, run_snakemake, run_step
 from ptycho_torch import physics, simulate, train, validate
 from ptycho_torch.config import DataConfig, ExperimentConfig, ProbeConfig, ScanConfig
 from ptycho_torch.config_factory import ConfigError, resolve_config
@@ -310,14 +309,8 @@ def test_a_probe_of_another_normalisation_is_rescaled_and_reported(tmp_path, mon
 EXP = "measured"
 
 
-@dataclass(frozen=True)
-class Measured:
-    workdir: Path
-    out: subprocess.CompletedProcess
-
-
 @pytest.fixture(scope="module")
-def measured(tmp_path_factory) -> Measured:
+def measured(tmp_path_factory) -> WorkflowRun:
     """One Snakemake run on a foreign CXI file (training) and a PtychoPINN NPZ (test), both
     without ground truth, through a tiny overlay."""
     workdir = copy_workflow(tmp_path_factory.mktemp("measured"))
@@ -332,7 +325,7 @@ def measured(tmp_path_factory) -> Measured:
         "training": {"epochs": 1}, "inference": {"calibration_iterations": 30}}))
     out = run_snakemake(workdir, "--configfile", TINY, "measured.yaml")
     assert out.returncode == 0, out.stdout
-    return Measured(workdir, out)
+    return WorkflowRun(workdir, out)
 
 
 @pytest.mark.slow

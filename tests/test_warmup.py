@@ -5,16 +5,14 @@ the probe came from."""
 from __future__ import annotations
 
 import json
-import subprocess
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 import yaml
 
-from conftest import TINY, copy_workflow, jobs_run, run_snakemake, synthetic_scan
+from conftest import TINY, WorkflowRun, copy_workflow, jobs_run, run_snakemake, synthetic_scan
 from ptycho_torch import simulate, train
 from ptycho_torch.config_factory import ConfigError, load_checkpoint, resolve_config
 from ptycho_torch.cxi import write_cxi
@@ -99,14 +97,8 @@ def test_the_warm_up_recovers_a_wrong_probe_guess():
 EXP = "tiny_warmup"
 
 
-@dataclass(frozen=True)
-class Run:
-    workdir: Path
-    out: subprocess.CompletedProcess
-
-
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory) -> Run:
+def pipeline(tmp_path_factory) -> WorkflowRun:
     """The tiny pipeline up to infer with a wrong probe guess and probe_source iterative."""
     workdir = copy_workflow(tmp_path_factory.mktemp("warmup"))
     overlay = {**WRONG_PROBE, "experiment": EXP, "training": {"epochs": 1}}
@@ -114,7 +106,7 @@ def pipeline(tmp_path_factory) -> Run:
     (workdir / "warmup.yaml").write_text(yaml.safe_dump(overlay))
     out = run_snakemake(workdir, "infer", "--configfile", TINY, "warmup.yaml")
     assert out.returncode == 0, out.stdout
-    return Run(workdir, out)
+    return WorkflowRun(workdir, out)
 
 
 @needs_ptychi
