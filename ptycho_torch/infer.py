@@ -41,7 +41,7 @@ from ptycho_torch.products import (evaluate, write_figures, write_ptychodus,
 from ptycho_torch.files import write_atomic
 from ptycho_torch.stitch import stitch
 from ptycho_torch.execution import setup_execution
-from ptycho_torch.warmup import checkpoint_probe, keep_photons, source_record
+from ptycho_torch.warmup import checkpoint_probe, keep_photons, scan_positions, source_record
 
 LOG = logging.getLogger("ptycho_torch")
 # what the step does after the reconstruction, timed in its summary as <part>_seconds
@@ -125,22 +125,27 @@ def reconstruct(model: PtychoPINN, data: PtychoData, cfg: ExperimentConfig,
     return Reconstruction(obj, record, {"network": network, **seconds})
 
 
-def used_probe(model_path: Path, cfg: ExperimentConfig, given: np.ndarray) -> np.ndarray:
-    """The probe inference starts from: the warmed-up one the checkpoint holds
-    (``model.probe_source: iterative``, :func:`ptycho_torch.warmup.checkpoint_probe`) with
-    the photons of the data's ``given`` probe (each file's probe carries its own counts'
-    photon scale, :func:`ptycho_torch.warmup.keep_photons`), else ``given`` itself. Raises
-    ConfigError when they do not fit."""
+def warmed_up_beam(model_path: Path, cfg: ExperimentConfig,
+                   given: PtychoData) -> tuple[np.ndarray, np.ndarray | None]:
+    """The probe inference starts from and the positions it uses (None: the data's).
+
+    The probe: the warmed-up one the checkpoint holds (``model.probe_source: iterative``,
+    :func:`ptycho_torch.warmup.checkpoint_probe`) with the photons of the data's ``given``
+    probe (each file's probe carries its own counts' photon scale,
+    :func:`ptycho_torch.warmup.keep_photons`), else ``given.probe`` itself. The positions:
+    the warm-up's corrected ones when ``given`` is the scan it corrected
+    (:func:`ptycho_torch.warmup.scan_positions`). Raises ConfigError when they do not fit."""
+    meta = load_checkpoint(model_path).get("meta", {})
     try:
-        probe = checkpoint_probe(load_checkpoint(model_path).get("meta", {}), cfg)
+        probe = checkpoint_probe(meta, cfg)
     except ValueError as exc:
         raise ConfigError([f"--model: {model_path}: {exc}"]) from None
     if probe is None:
-        return given
-    if probe.shape != given.shape:
+        return given.probe, None
+    if probe.shape != given.probe.shape:
         raise ConfigError([f"--model: {model_path}'s warmed-up probe is {probe.shape}, the "
-                           f"data's {given.shape}"])
-    return keep_photons(probe, given)
+                           f"data's {given.probe.shape}"])
+    return keep_photons(probe, given.probe), scan_positions(meta, given)
 
 
 class Clock:
@@ -199,10 +204,11 @@ def main(argv: list[str] | None = None) -> int:
         device = setup_execution(cfg.execution)
         model = load_model(args.model, cfg)
         given = read_data(args.data, cfg.data)
-        beam = used_probe(args.model, cfg, given.probe)  # the warm-up's (same beam) or given
-        data = replace(given, probe=model.probe_for_data(beam))  # trained probe / scale
+        beam, corrected = warmed_up_beam(args.model, cfg, given)  # the warm-up's or given
+        data = replace(given, probe=model.probe_for_data(beam),  # trained probe / scale
+                       positions_px=given.positions_px if corrected is None else corrected)
         refined = given.probe if model.probe is not None or beam is not given.probe else None
-        rep.record(source_record(cfg))
+        rep.record({**source_record(cfg), "positions_from_warmup": corrected is not None})
         rec = reconstruct(model, data, cfg, device)
         rep.record({"inference_batch": inference_batch(cfg, device)})
         after, clock = {}, Clock()
@@ -211,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                         cfg.experiment)
         write_reconstruction_npz(args.out_dir / "reconstruction.npz", rec.obj, data)
         after["writing"] = clock.lap()
-        metrics = {**evaluate(rec.obj, data, args.data, given_probe=refined),
+        metrics = {**evaluate(rec.obj, replace(data, positions_px=given.positions_px),
+                              args.data, corrected=corrected, given_probe=refined),
                    "stitching": rec.stitching}
         after["scoring"] = clock.lap()
         metrics["quality"] = quality.assess(  # no ground truth needed: R-factor, half-data FRC

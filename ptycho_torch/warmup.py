@@ -6,8 +6,10 @@ epochs of the iterative method (:func:`ptycho_torch.ptychi_solver.reconstruct`, 
 task and settings as the iterative step: ``iterative.engine``, ``batch_size``) on the
 training scan, with ``iterative.probe_refinement`` forced on and
 ``iterative.position_correction`` as configured. The beam is the same for the test scan, so
-inference uses the warmed-up probe too (it travels in ``model.pt``'s metadata); positions
-are a property of one scan, so only the training scan's corrected positions are used.
+inference uses the warmed-up probe too (it travels in ``model.pt``'s metadata). Positions
+are a property of one scan: the corrected ones travel too, with the digest of the scan they
+were corrected on (:func:`scan_digest`), and inference uses them only on that very scan
+(``data.test_fraction: 0``, the recipe for a measured scan: :func:`scan_positions`).
 
 The warm-up file (``probe.npz``, :func:`write_warmup`): ``probe`` (complex64, the data's
 probe shape, our unitary-FFT convention and photon scale: see :func:`keep_photons`),
@@ -17,6 +19,7 @@ ones), ``given_probe`` (the data file's) and ``record`` (JSON text, :class:`Warm
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from dataclasses import dataclass, replace
@@ -64,6 +67,14 @@ def keep_photons(probe: np.ndarray, given: np.ndarray) -> np.ndarray:
     return (probe * np.sqrt(target / max(power, 1e-300))).astype(np.complex64)
 
 
+def scan_digest(data: PtychoData) -> str:
+    """SHA-256 (hex) of a scan's counts and recorded positions: which scan a warm-up's
+    corrected positions belong to."""
+    digest = hashlib.sha256(np.ascontiguousarray(data.counts).tobytes())
+    digest.update(np.ascontiguousarray(data.positions_px, np.float64).tobytes())
+    return digest.hexdigest()
+
+
 def warm_up(data: PtychoData, cfg: ExperimentConfig, gpu: bool) -> WarmedUp:
     """Refine ``data``'s probe (and positions, with ``iterative.position_correction``) by
     :func:`warmup_config`'s pty-chi run on ``data``; the probe keeps the given one's
@@ -77,7 +88,8 @@ def warm_up(data: PtychoData, cfg: ExperimentConfig, gpu: bool) -> WarmedUp:
     record = {"probe_source": ITERATIVE, "library": "pty-chi", "version": ptychi_version(),
               "engine": wcfg.iterative.engine, "epochs": wcfg.iterative.epochs,
               "batch_size": wcfg.iterative.batch_size, "position_correction": corrected,
-              "patterns": int(len(data.counts)), "seconds": solved.seconds,
+              "patterns": int(len(data.counts)), "scan_sha256": scan_digest(data),
+              "seconds": solved.seconds,
               "final_loss": solved.history[-1]["loss"] if solved.history else None,
               "photon_ratio_before_rescaling": probe_photon_ratio(solved.probe, data.probe),
               "probe_change": probe_error(data.probe, probe),
@@ -131,6 +143,18 @@ def source_record(cfg: ExperimentConfig, warmed: WarmedUp | None = None) -> dict
                        "probe_warmup_position_change_rms_px":
                            warmed.record["position_change_rms_px"]})
     return record
+
+
+def scan_positions(meta: dict[str, Any], data: PtychoData) -> np.ndarray | None:
+    """The warm-up's corrected positions ``[n, 2]`` px that a checkpoint's metadata ``meta``
+    holds (``probe_warmup_positions``), when ``data`` is the scan they were corrected on
+    (the same :func:`scan_digest`); None otherwise (another scan, no correction)."""
+    positions = meta.get("probe_warmup_positions")
+    record = meta.get("probe_warmup_record") or {}
+    if positions is None or record.get("scan_sha256") != scan_digest(data):
+        return None
+    return np.asarray(positions.numpy() if hasattr(positions, "numpy") else positions,
+                      np.float64)
 
 
 def checkpoint_probe(meta: dict[str, Any], cfg: ExperimentConfig) -> np.ndarray | None:

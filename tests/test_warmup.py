@@ -13,13 +13,13 @@ import torch
 import yaml
 
 from conftest import TINY, WorkflowRun, copy_workflow, jobs_run, run_snakemake, synthetic_scan
-from ptycho_torch import simulate, train
+from ptycho_torch import infer, simulate, train
 from ptycho_torch.config_factory import ConfigError, load_checkpoint, resolve_config
 from ptycho_torch.cxi import write_cxi
 from ptycho_torch.metrics import probe_error
 from ptycho_torch.ptychi_solver import PTYCHI_MISSING, ptychi_version
 from ptycho_torch.warmup import (WarmedUp, apply_warmup, checkpoint_probe, keep_photons,
-                                 read_warmup, warm_up, write_warmup)
+                                 read_warmup, scan_digest, warm_up, write_warmup)
 
 needs_ptychi = pytest.mark.skipif(ptychi_version() is None, reason=PTYCHI_MISSING)
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -37,7 +37,8 @@ def _warmed(n: int = 6, N: int = 8, corrected: bool = False) -> tuple[WarmedUp, 
     d = synthetic_scan(n, N)
     probe = (d.probe * 0.5 + 0.1).astype(np.complex64)
     return WarmedUp(probe, d.positions_px + (0.25 if corrected else 0.0), d.probe,
-                    {"position_correction": corrected, "seconds": 1.0}), d
+                    {"position_correction": corrected, "seconds": 1.0, "probe_change": 0.5,
+                     "position_change_rms_px": 0.25 * corrected}), d
 
 
 def test_the_warm_up_file_round_trips_and_applies(tmp_path):
@@ -76,6 +77,23 @@ def test_train_needs_the_warm_up_file_exactly_with_probe_source_iterative(tmp_pa
     probe = np.ones((4, 4), np.complex64)
     np.testing.assert_array_equal(
         checkpoint_probe({"probe_warmup": torch.from_numpy(probe)}, iterative), probe)
+
+
+def test_inference_uses_the_corrected_positions_only_on_the_scan_they_were_corrected_on(
+        tmp_path):
+    cfg = resolve_config(None, {"model.probe_source": "iterative"})
+    warmed, d = _warmed(corrected=True)
+    warmed = replace(warmed, record={**warmed.record, "scan_sha256": scan_digest(d)})
+    torch.save({"meta": train.probe_meta(cfg, warmed)}, tmp_path / "model.pt")
+    probe, positions = infer.warmed_up_beam(tmp_path / "model.pt", cfg, d)
+    assert probe_error(probe, warmed.probe) < 1e-6
+    np.testing.assert_array_equal(positions, warmed.positions_px)  # the recipe: the same scan
+    other = replace(d, counts=d.counts + 1)  # another scan at the same recorded positions
+    assert scan_digest(other) != scan_digest(d)
+    assert infer.warmed_up_beam(tmp_path / "model.pt", cfg, other)[1] is None
+    uncorrected = replace(warmed, record={**warmed.record, "position_correction": False})
+    torch.save({"meta": train.probe_meta(cfg, uncorrected)}, tmp_path / "model.pt")
+    assert infer.warmed_up_beam(tmp_path / "model.pt", cfg, d)[1] is None
 
 
 @needs_ptychi
