@@ -152,6 +152,15 @@ def placement_rows(patches: torch.Tensor, positions: np.ndarray,
                              shape=(n, shape[0] * shape[1]))
 
 
+def inside_positions(positions: np.ndarray, N: int, shape: tuple[int, int]) -> np.ndarray:
+    """Probe centres ``positions [n, 2]`` (px) clipped, per axis, to where a patch of ``N``
+    px lies inside an object ``shape``: ``N/2 <= p <= H - N/2 - 1`` (as for
+    :func:`extract_patches`)."""
+    low = np.full(2, N / 2)
+    high = np.asarray(shape, np.float64) - N / 2 - 1
+    return np.clip(positions, low, high)
+
+
 def _check_inside(rows: torch.Tensor, cols: torch.Tensor, N: int, shape: tuple[int, int]) -> None:
     """Patch windows (corner rows/cols ``[n, N+1]``) must lie inside the object ``shape``."""
     if len(rows) and (rows.min() < 0 or cols.min() < 0 or rows.max() >= shape[0]

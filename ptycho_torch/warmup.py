@@ -32,6 +32,7 @@ from ptycho_torch.config import ExperimentConfig
 from ptycho_torch.dataset import PtychoData
 from ptycho_torch.files import write_atomic
 from ptycho_torch.metrics import probe_error, probe_photon_ratio
+from ptycho_torch.physics import inside_positions
 from ptycho_torch.ptychi_solver import ptychi_version, reconstruct
 
 GIVEN, ITERATIVE = "given", "iterative"  # the values of model.probe_source
@@ -84,7 +85,9 @@ def warm_up(data: PtychoData, cfg: ExperimentConfig, gpu: bool) -> WarmedUp:
     solved = reconstruct(data, wcfg, gpu, lambda *_: None)
     probe = keep_photons(solved.probe, data.probe)
     corrected = wcfg.iterative.position_correction
-    positions = solved.positions if corrected else data.positions_px
+    positions = data.positions_px
+    if corrected:  # a correction that would move a patch off the object stops at its edge
+        positions = inside_positions(solved.positions, data.N, data.object_shape)
     record = {"probe_source": ITERATIVE, "library": "pty-chi", "version": ptychi_version(),
               "engine": wcfg.iterative.engine, "epochs": wcfg.iterative.epochs,
               "batch_size": wcfg.iterative.batch_size, "position_correction": corrected,
@@ -94,7 +97,9 @@ def warm_up(data: PtychoData, cfg: ExperimentConfig, gpu: bool) -> WarmedUp:
               "photon_ratio_before_rescaling": probe_photon_ratio(solved.probe, data.probe),
               "probe_change": probe_error(data.probe, probe),
               "position_change_rms_px": float(np.sqrt(np.mean(np.sum(
-                  np.square(positions - data.positions_px), axis=1))))}
+                  np.square(positions - data.positions_px), axis=1)))),
+              "positions_stopped_at_the_edge": int(np.sum(np.any(
+                  positions != solved.positions, axis=1))) if corrected else 0}
     return WarmedUp(probe, positions.astype(np.float64), data.probe.astype(np.complex64),
                     record)
 

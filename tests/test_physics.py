@@ -387,3 +387,18 @@ def test_placement_rows_place_each_patch_alone_so_factors_stitch_by_one_product(
                                rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="leave the"):
         physics.placement_rows(patches[:1], np.array([[4.0, 20.0]]), shape)
+
+
+def test_positions_clipped_inside_the_object_extract_patches_there_and_move_no_inner_one():
+    N, shape = 8, (20, 24)
+    positions = np.array([[4.0, 4.0], [10.3, 12.7], [-3.0, 30.0], [15.0, 19.0], [15.2, 19.4]])
+    inside = physics.inside_positions(positions, N, shape)
+    np.testing.assert_array_equal(inside[:2], positions[:2])  # already inside: unchanged
+    np.testing.assert_array_equal(inside[2], [4.0, 19.0])  # each axis to its nearest edge
+    np.testing.assert_array_equal(inside[4], [15.0, 19.0])
+    obj = torch.ones(shape, dtype=torch.complex64)
+    patches = physics.extract_patches(obj, torch.from_numpy(inside), N)  # no index error
+    assert patches.shape == (5, N, N)
+    with pytest.raises(ValueError, match="leave"):
+        physics.PatchOperator.at(positions[2:3], N, shape)
+    physics.PatchOperator.at(inside, N, shape)
