@@ -328,6 +328,24 @@ def test_dry_run_of_compare_lists_the_baseline_rules(workflow_copy):
 
 
 @pytest.mark.slow
+def test_compare_methods_leaves_out_the_baseline_and_refuses_a_list_without_the_pinn(
+        workflow_copy):
+    (workflow_copy / "two.yaml").write_text("compare_methods: [pinn, iterative]\n")
+    out = run_snakemake(workflow_copy, "compare", "--dry-run", "--configfile", TINY, "two.yaml")
+    assert out.returncode == 0, out.stdout
+    assert jobs_run(out.stdout) == {"simulate", "validate", "train", "infer", "iterative",
+                                    "comparison", "report_with_comparison", "compare"}
+    assert "--method iterative results/tiny/iterative/metrics.json" in out.stdout
+    assert "--method supervised" not in out.stdout and "--method pinn_iterative" not in out.stdout
+    for bad in ("[iterative]", "[pinn, ptychonn]", "[pinn, pinn]"):
+        (workflow_copy / "bad.yaml").write_text(f"compare_methods: {bad}\n")
+        out = run_snakemake(workflow_copy, "compare", "--dry-run", "--configfile", TINY,
+                            "bad.yaml")
+        assert out.returncode != 0 and "compare_methods" in out.stdout, (bad, out.stdout)
+        assert not (workflow_copy / "results").exists()
+
+
+@pytest.mark.slow
 def test_the_switch_puts_the_comparison_before_the_default_report(workflow_copy):
     out = run_snakemake(workflow_copy, "--dry-run", "--configfile", TINY)
     assert out.returncode == 0 and not jobs_run(out.stdout) & BASELINE_RULES, out.stdout

@@ -24,8 +24,11 @@ When the comparison runs and how it reaches the run index:
   together with `report` or `all`: both reports would write the one report directory of the
   run (the second refuses).
 
-Another method adds its rule and one entry to METHODS: name -> (metrics.json, model.pt or
-None when nothing is trained), as the iterative reference does.
+`compare_methods` names the methods compared (default: all four; leave `supervised` out for
+a measured scan, which has no ground-truth object to train it on). Another method adds its
+rule, one entry to ALL_METHODS: name -> (metrics.json, model.pt or None when nothing is
+trained), as the iterative reference does, its steps to METHOD_STEPS (common.smk) and its
+name to the schema's `compare_methods`.
 """
 
 BASELINE_EXP = f"{EXP}_baseline"  # the baseline's experiment name (its evidence directory)
@@ -93,14 +96,16 @@ rule baseline_infer:
         " --threads {threads} --report-dir {BASELINE_REPORTS}/infer > {log} 2>&1"
 
 
-# The methods compared, in table order: name -> (metrics.json, model.pt or None).
-METHODS = {
+# The methods that can be compared: name -> (metrics.json, model.pt or None). The comparison
+# runs those of `compare_methods` (common.smk: COMPARED), in that order.
+ALL_METHODS = {
     "pinn": (rules.infer.output.metrics, rules.train.output.model),
     "supervised": (rules.baseline_infer.output.metrics, rules.baseline_train.output.model),
     "iterative": (rules.iterative.output.metrics, None),  # pty-chi (iterative.smk)
     # pty-chi from the PINN's object; its training is the PINN's (iterative.smk)
     "pinn_iterative": (rules.hybrid.output.metrics, rules.train.output.model),
 }
+METHODS = {name: ALL_METHODS[name] for name in COMPARED}
 
 
 rule comparison:

@@ -66,6 +66,13 @@ WORKFLOW_SETTINGS: dict[str, dict[str, Any]] = {
         "type": "boolean", "default": False,
         "description": "also train the supervised baseline, compare it with the PINN "
                        "(workflow/rules/compare.smk) and put the table in the run index"},
+    "compare_methods": {
+        "type": "array", "default": ["pinn", "supervised", "iterative", "pinn_iterative"],
+        "items": {"enum": ["pinn", "supervised", "iterative", "pinn_iterative"]},
+        "uniqueItems": True, "contains": {"const": "pinn"},
+        "description": "the methods the comparison (snakemake compare, a study) runs and "
+                       "scores, in table order; pinn always (leave supervised out for a "
+                       "measured scan: it trains on a ground-truth object)"},
     "infer_file_data": {
         "type": "string", "default": "", "maxLength": 4096,
         "description": "target infer_file: the data file to reconstruct (CXI or PtychoPINN "
