@@ -197,6 +197,10 @@ PROBE_WARMUP = config["model"]["probe_source"] == "iterative"  # train.smk: rule
 WARMUP_STEPS = ("probe_warmup",) if PROBE_WARMUP else ()
 PIPELINE_STEPS = ("simulate", "validate", *WARMUP_STEPS, "train", "infer")
 COMPARED = config["compare_methods"]  # compare.smk: the methods the comparison runs
-METHOD_STEPS = {"pinn": (), "supervised": ("baseline_train", "baseline_infer"),
-                "iterative": ("iterative",), "pinn_iterative": ("hybrid",)}
+METHOD_STEPS = {
+    "pinn": (),
+    "supervised": ("baseline_train", "baseline_infer"),
+    "iterative": ("iterative",),
+    "pinn_iterative": ("hybrid",),
+}
 COMPARISON_STEPS = (*(step for name in COMPARED for step in METHOD_STEPS[name]), "compare")
