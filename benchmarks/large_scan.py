@@ -1,50 +1,54 @@
-"""A larger scan as a beamline would give it: the infer step's wall time against pty-chi's.
+"""A larger scan as a beamline would give it: every generator, pty-chi and the hybrid.
 
-    python benchmarks/large_scan.py [--keep] [--no-iterative] [--epochs 8]
+    python benchmarks/large_scan.py [--generators cnn,unet,fno] [--epochs N] [--keep]
 
 Simulates, in a temporary copy of the workflow, a scan of about 1,000 patterns of 64 x 64
 px: a probe read from a file (``probe.npy``, written here: a focused disk whose pupil
 carries a smooth aberration, 3 mm out of focus), a dense Fermat-spiral scan (irregular,
 3.5 px mean step), and a Gaussian-random-field object whose features span several sizes
-(``spectral_slope`` 2.5, features from ~4 px up). Then ``snakemake infer iterative`` of
-that experiment: the PINN trained for ``--epochs`` (default 8), the infer step on the test
-scan with the default inference settings, and pty-chi's 100 LSQML epochs on the same file.
+(``spectral_slope`` 2.5, features from ~4 px up). Then one Snakemake study of
+``model.generator`` over ``--generators`` (``study_large_scan``: one experiment per
+generator, ``large_scan_generator_<name>``), each with ``compare_methods: [pinn,
+iterative, pinn_iterative]``: the PINN trained with the default recipe (``training.epochs``
+of config/config.yaml unless ``--epochs``), its reconstruction of the test scan, pty-chi's
+100 LSQML epochs on the same file, the hybrid (pty-chi from the PINN's object), and the
+comparison. Jobs run one at a time on the profile's 2 cores.
 
-Prints, from the Snakemake benchmark files (``results/<exp>/benchmarks/<step>.tsv``: each
-job's process wall time, interpreter start included) and the steps' manifests and
-``metrics.json``:
+Per generator, from its ``comparison.json`` (see ``benchmarks/compare.py``):
 
-* the infer step's wall time and its reconstruction seconds (counts to stitched object);
-* pty-chi's 100-epoch solver seconds and its job's wall time;
-* their ratio (issue #16 target: infer wall <= 1/5 of pty-chi's 100 epochs);
-* the same infer step run again, straight after, with ``inference.half_data_frc: false``
-  (no resolution estimate: about one reconstruction less), and its ratio;
-* amplitude and phase PSNR of both, and the epochs and seconds pty-chi needed to reach the
-  PINN's.
+* the PINN's and pty-chi's amplitude and phase PSNR and the gap (PINN - pty-chi, dB);
+* the PINN's training seconds and reconstruction seconds (network + synchronisation +
+  calibration + stitching: the infer step's ``reconstruction_seconds``);
+* the speed-up at equal quality: pty-chi's seconds to the PINN's PSNR over the PINN's
+  reconstruction seconds;
+* the hybrid's seconds to pty-chi's final PSNR - 0.5 dB (PINN reconstruction included)
+  over pty-chi's own, and the break-even scan counts;
+* issue #33's acceptance: gap >= -6 dB in amplitude and phase, training <= 15 min,
+  speed-up >= 10, hybrid ratio <= 1/2; each printed as met or not.
 
-``--no-iterative`` runs only up to infer (e.g. to measure an older checkout of the pipeline
-on the same data: the simulation and training are deterministic). Timings on these shared
-machines vary by up to +-50 % between runs. Prints a table, then the same as JSON.
+Timings come from the steps' own manifests, side by side in one run; pty-chi runs once per
+generator (the spread of its three times is printed). Prints a table, then the same as
+JSON.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
+from compare import summary
 from pipeline import in_workflow_copy, run_snakemake
+
+from ptycho_torch.formatting import number
 
 EXP = "large_scan"
 N = 64
+TARGETS = {"gap_db": -6.0, "training_s": 900.0, "speedup": 10.0, "hybrid_ratio": 0.5}
 
 
 def probe_file(path: Path) -> None:
@@ -63,109 +67,81 @@ def probe_file(path: Path) -> None:
     np.save(path, probe.astype(np.complex64))
 
 
-def overlay(epochs: int) -> dict[str, Any]:
-    return {"experiment": EXP,
-            "data": {"N": N, "probe": {"kind": "file", "file": "probe.npy"},
-                     "scan": {"kind": "fermat", "step_px": 3.5},
-                     "object": {"train_size_px": 176, "test_size_px": 176,
-                                "spectral_slope": 2.5, "feature_size_px": 4.0}},
-            "training": {"epochs": epochs}}
-
-
-def job_seconds(workdir: Path, step: str) -> float:
-    with open(workdir / f"results/{EXP}/benchmarks/{step}.tsv") as f:
-        return float(next(csv.DictReader(f, delimiter="\t"))["s"])
-
-
-def manifest_numbers(workdir: Path, step: str) -> dict[str, Any]:
-    (run_dir,) = [p for p in (workdir / "reports").iterdir() if not p.is_symlink()
-                  and p.is_dir() and p.name != "without_frc"]
-    return json.loads((run_dir / EXP / step / "manifest.json").read_text())["numbers"]
-
-
-def psnr(workdir: Path, step: str) -> dict[str, float]:
-    m = json.loads((workdir / f"results/{EXP}/{step}/metrics.json").read_text())
-    return {p: m[p]["psnr"] for p in ("amplitude", "phase")}
-
-
-def infer_without_frc(workdir: Path) -> float:
-    """Wall seconds (interpreter start included, as Snakemake's benchmark files) of the infer
-    step on the same model and test file with ``inference.half_data_frc: false``."""
-    results = f"results/{EXP}"
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "ptycho_torch.infer", "--model",
-                    f"{results}/train/model.pt", "--data", f"{results}/simulate/test.cxi",
-                    "--out-dir", f"{results}/infer_without_frc", "--set",
-                    "inference.half_data_frc=false", "--threads", "2", "--report-dir",
-                    f"reports/without_frc/{EXP}/infer"], cwd=workdir, check=True,
-                   capture_output=True)
-    return time.perf_counter() - t0
-
-
-def measure(workdir: Path, epochs: int, iterative: bool) -> dict[str, Any]:
-    probe_file(workdir / "probe.npy")
-    (workdir / "large.yaml").write_text(yaml.safe_dump(overlay(epochs)))
-    targets = ["infer", "iterative"] if iterative else ["infer"]
-    wall = run_snakemake(workdir, False, *targets, "--configfile", "large.yaml")
-    infer = manifest_numbers(workdir, "infer")
+def overlay(generators: list[str], epochs: int | None) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "experiment": EXP, "patterns": infer["patterns"], "training_epochs": epochs,
-        "snakemake_wall_s": wall, "train_job_s": job_seconds(workdir, "train"),
-        "infer_job_s": job_seconds(workdir, "infer"),
-        "infer_reconstruction_s": infer["reconstruction_seconds"],
-        "infer_parts_s": {k[:-len("_seconds")]: v for k, v in infer.items()
-                          if k.endswith("_seconds") and k != "reconstruction_seconds"},
-        "pinn_psnr_db": psnr(workdir, "infer"),
-        "infer_job_without_half_data_frc_s": infer_without_frc(workdir)}
-    if iterative:
-        it = manifest_numbers(workdir, "iterative")
-        metrics = json.loads((workdir / f"results/{EXP}/iterative/metrics.json").read_text())
-        target = out["pinn_psnr_db"]
-        reach = next((c for c in metrics["convergence"]
-                      if all(c[p]["psnr"] >= target[p] for p in target)), None)
-        out.update({"iterative_solver_s": it["reconstruction_seconds"],
-                    "iterative_job_s": job_seconds(workdir, "iterative"),
-                    "iterative_epochs": it["epochs"], "iterative_psnr_db": psnr(workdir, "iterative"),
-                    "iterative_to_pinn_quality": (
-                        {"epoch": reach["epoch"], "seconds": reach["seconds"]} if reach else None),
-                    "infer_job_over_iterative_solver": out["infer_job_s"] / it["reconstruction_seconds"],
-                    "infer_job_without_half_data_frc_over_iterative_solver":
-                        out["infer_job_without_half_data_frc_s"] / it["reconstruction_seconds"]})
+        "experiment": EXP, "compare_methods": ["pinn", "iterative", "pinn_iterative"],
+        "study": {"key": "model.generator", "values": generators},
+        "data": {"N": N, "probe": {"kind": "file", "file": "probe.npy"},
+                 "scan": {"kind": "fermat", "step_px": 3.5},
+                 "object": {"train_size_px": 176, "test_size_px": 176,
+                            "spectral_slope": 2.5, "feature_size_px": 4.0}}}
+    if epochs is not None:
+        out["training"] = {"epochs": epochs}
+    return out
+
+
+def acceptance(s: dict[str, Any]) -> dict[str, bool | None]:
+    """Issue #33's four targets for one generator's :func:`compare.summary` ``s`` (None:
+    not measurable, e.g. pty-chi never reached the PINN's PSNR)."""
+    gap = s["quality_gap_pinn_minus_iterative_db"]
+    speedup, ratio = (s["speedup_pinn_vs_iterative_at_equal_quality"],
+                      s["hybrid_over_iterative_time_to_iterative_quality"])
+    return {"gap_within_6_db": None if gap is None else min(gap.values()) >= TARGETS["gap_db"],
+            "training_within_15_min": s["methods"]["pinn"]["training_seconds"]
+            <= TARGETS["training_s"],
+            "speedup_at_least_10": None if speedup is None else speedup >= TARGETS["speedup"],
+            "hybrid_within_half": None if ratio is None else ratio <= TARGETS["hybrid_ratio"]}
+
+
+def measure(workdir: Path, generators: list[str], epochs: int | None) -> dict[str, Any]:
+    probe_file(workdir / "probe.npy")
+    (workdir / "large.yaml").write_text(yaml.safe_dump(overlay(generators, epochs)))
+    wall = run_snakemake(workdir, False, f"study_{EXP}", "--configfile", "large.yaml")
+    out: dict[str, Any] = {"experiment": EXP, "snakemake_wall_s": wall, "generators": {}}
+    for name in generators:
+        path = workdir / f"results/{EXP}_generator_{name}/compare/comparison.json"
+        s = summary(json.loads(path.read_text()), wall)
+        out["generators"][name] = {**s, "acceptance": acceptance(s)}
+    solver = [g["methods"]["iterative"]["reconstruction_seconds"]
+              for g in out["generators"].values()]
+    out["iterative_seconds_spread"] = [min(solver), max(solver)] if None not in solver else None
     return out
 
 
 def print_table(r: dict[str, Any]) -> None:
-    print(f"large scan: {r['patterns']} patterns of {N} x {N}, PINN trained "
-          f"{r['training_epochs']} epochs (snakemake: {r['snakemake_wall_s']:.0f} s wall)")
-    print(f"  train job: {r['train_job_s']:.1f} s")
-    print(f"  infer job: {r['infer_job_s']:.1f} s wall; reconstruction "
-          f"{r['infer_reconstruction_s']:.2f} s (" + ", ".join(
-              f"{k} {v:.2f}" for k, v in r["infer_parts_s"].items()) + ")")
-    q = r["pinn_psnr_db"]
-    print(f"  PINN: amplitude {q['amplitude']:.2f} dB, phase {q['phase']:.2f} dB")
-    print(f"  infer job without the half-data FRC: {r['infer_job_without_half_data_frc_s']:.1f} s")
-    if "iterative_solver_s" not in r:
-        return
-    q, reach = r["iterative_psnr_db"], r["iterative_to_pinn_quality"]
-    print(f"  pty-chi: {r['iterative_epochs']} epochs in {r['iterative_solver_s']:.1f} s "
-          f"(job {r['iterative_job_s']:.1f} s): amplitude {q['amplitude']:.2f} dB, phase "
-          f"{q['phase']:.2f} dB; the PINN's PSNR after "
-          + (f"{reach['epoch']} epochs, {reach['seconds']:.1f} s" if reach else "- (not reached)"))
-    print(f"  infer job / pty-chi's {r['iterative_epochs']} epochs: "
-          f"{r['infer_job_over_iterative_solver']:.3f} (target <= 0.2); without the half-data "
-          f"FRC {r['infer_job_without_half_data_frc_over_iterative_solver']:.3f}")
+    print(f"large scan (~1,000 patterns of {N} x {N}), study of model.generator "
+          f"(snakemake: {r['snakemake_wall_s']:.0f} s wall); pty-chi's 100 epochs took "
+          f"{r['iterative_seconds_spread']} s over the runs")
+    print(f"{'generator':10s} {'PINN amp/ph dB':>15s} {'pty-chi amp/ph':>15s} {'gap amp/ph':>12s}"
+          f" {'train s':>8s} {'recon s':>8s} {'speed-up':>9s} {'hybrid':>7s} {'break-even':>11s}")
+    for name, s in r["generators"].items():
+        pinn, it = s["methods"]["pinn"], s["methods"]["iterative"]
+        gap = s["quality_gap_pinn_minus_iterative_db"] or {}
+        print(f"{name:10s} {number(pinn['amplitude_psnr_db']):>7s}/"
+              f"{number(pinn['phase_psnr_db']):<7s} {number(it['amplitude_psnr_db']):>7s}/"
+              f"{number(it['phase_psnr_db']):<7s} {number(gap.get('amplitude')):>6s}/"
+              f"{number(gap.get('phase')):<5s} {number(pinn['training_seconds']):>8s} "
+              f"{number(pinn['reconstruction_seconds']):>8s} "
+              f"{number(s['speedup_pinn_vs_iterative_at_equal_quality']):>9s} "
+              f"{number(s['hybrid_over_iterative_time_to_iterative_quality']):>7s} "
+              f"{number(s['break_even_scans_at_pinn_quality']):>11s}")
+        met = ", ".join(f"{k} {'-' if v is None else ('met' if v else 'NOT met')}"
+                        for k, v in s["acceptance"].items())
+        print(f"{'':10s} issue #33: {met}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    parser.add_argument("--no-iterative", dest="iterative", action="store_false",
-                        help="stop after infer (no pty-chi)")
-    parser.add_argument("--epochs", type=int, default=8, help="PINN training epochs")
+    parser.add_argument("--generators", default="cnn,unet,fno",
+                        help="comma-separated model.generator values")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="PINN training epochs (default: the recipe's training.epochs)")
     args = parser.parse_args()
+    generators = args.generators.split(",")
     result = in_workflow_copy("ptycho-bench-large-", args.keep,
-                              lambda d: measure(d, args.epochs, args.iterative))
+                              lambda d: measure(d, generators, args.epochs))
     print_table(result)
     print(json.dumps(result, indent=2))
 

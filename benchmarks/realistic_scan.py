@@ -2,7 +2,8 @@
 poor single-mode probe guess, and given that guess with the pty-chi warm-up.
 
     python benchmarks/realistic_scan.py [--positions 1000] [--test-positions 256]
-                                        [--epochs 45] [--warmup-epochs 30] [--ratio 0.3]
+                                        [--epochs 45] [--warmup-epochs 30[,60...]]
+                                        [--ratio 0.3]
                                         [--device auto] [--tiny]
 
 Simulates a partially coherent scan: N = 64, 3 probe modes (``data.probe.modes``, each
@@ -23,7 +24,8 @@ Three PINN runs, same data, seed and epochs (:func:`ptycho_torch.train.train_mod
 * ``guess``: the single-mode guess and the recorded positions, used as they are;
 * ``learned``: the same guess, the probe (``iterative.probe_modes: 3``) and the training
   scan's positions (``iterative.position_correction: true``) from the pty-chi warm-up
-  (``model.probe_source: iterative``, :func:`ptycho_torch.warmup.warm_up`).
+  (``model.probe_source: iterative``, :func:`ptycho_torch.warmup.warm_up`); one run per
+  ``--warmup-epochs`` value (``30,60``: two warm-ups, two trainings).
 
 Each trained PINN reconstructs two scans, as the pipeline would:
 
@@ -38,7 +40,7 @@ Per run and scan: amplitude and phase PSNR against the ground truth
 (:func:`ptycho_torch.quality.r_factor`), the RMS position error, the reconstruction seconds;
 per run the probe's error (mutual-coherence error against the true modes,
 :func:`ptycho_torch.metrics.probe_error`) and the seconds of the warm-up and the training.
-Then, per scan, ``recovered = (learned - guess) / (true - guess)`` for the amplitude and the
+Then, per warm-up length and scan, ``recovered = (learned - guess) / (true - guess)`` for the amplitude and the
 phase PSNR, and ``modes_2_3_power``. Acceptance (issue #32): both recovered fractions
 >= 0.8 at the default size. Prints lines per run, then one JSON line with everything.
 ``--tiny`` (about 100 positions, 2 epochs, a 3-epoch warm-up) checks that it runs.
@@ -146,7 +148,8 @@ def main() -> None:
     parser.add_argument("--test-positions", type=int, default=256,
                         help="test scan positions (about)")
     parser.add_argument("--epochs", type=int, default=45, help="PINN training epochs")
-    parser.add_argument("--warmup-epochs", type=int, default=30, help="warm-up epochs")
+    parser.add_argument("--warmup-epochs", default="30",
+                        help="warm-up epochs; a comma-separated list runs one learned run each")
     parser.add_argument("--ratio", type=float, default=0.3,
                         help="data.probe.mode_power_ratio")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -155,7 +158,8 @@ def main() -> None:
                         help="100 / 64 positions, 2 epochs, a 3-epoch warm-up")
     args = parser.parse_args()
     if args.tiny:
-        args.positions, args.test_positions, args.epochs, args.warmup_epochs = 100, 64, 2, 3
+        args.positions, args.test_positions, args.epochs, args.warmup_epochs = 100, 64, 2, "3"
+    warmups = [int(e) for e in args.warmup_epochs.split(",")]
     torch.set_num_threads(args.threads)
     use_gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_gpu else "cpu")
@@ -170,7 +174,7 @@ def main() -> None:
         "data.scan.position_error_px": POSITION_ERROR_PX,
         "data.object.train_size_px": sides[0], "data.object.test_size_px": sides[1],
         "training.epochs": args.epochs, "execution.threads": args.threads,
-        "model.probe_source": "iterative", "model.probe_warmup_epochs": args.warmup_epochs,
+        "model.probe_source": "iterative", "model.probe_warmup_epochs": warmups[0],
         "iterative.probe_modes": MODES, "iterative.position_correction": True})
     t0 = time.perf_counter()
     sim = (simulate_dataset(cfg.data, sides[0], (cfg.seed, 0)),
@@ -186,21 +190,28 @@ def main() -> None:
     rows = {"true": score("true", cfg, device, *(
         replace(d, probe=d.true_probe, positions_px=true_positions(d)) for d in sim), sim)}
     rows["guess"] = score("guess", cfg, device, *guess, sim)
-    warmed = warm_up(guess[0], cfg, gpu=use_gpu)
-    learned_train = replace(guess[0], probe=warmed.probe, positions_px=warmed.positions_px)
-    learned_test = replace(guess[1], probe=keep_photons(warmed.probe, guess[1].probe))  # its
-    # own recorded positions: the warm-up corrected only the training scan's
-    rows["learned"] = score("learned", cfg, device, learned_train, learned_test, sim,
-                            warmed.record["seconds"])
+    records, recovered_by = {}, {}
+    for epochs in warmups:
+        wcfg = replace(cfg, model=replace(cfg.model, probe_warmup_epochs=epochs))
+        warmed = warm_up(guess[0], wcfg, gpu=use_gpu)
+        learned_train = replace(guess[0], probe=warmed.probe, positions_px=warmed.positions_px)
+        learned_test = replace(guess[1], probe=keep_photons(warmed.probe, guess[1].probe))
+        # (the test scan keeps its own recorded positions: the warm-up never saw it)
+        rows["learned"] = score(f"learned ({epochs} warm-up epochs)", cfg, device,
+                                learned_train, learned_test, sim, warmed.record["seconds"])
+        records[epochs] = {**warmed.record, "run": rows["learned"]}
+        recovered_by[epochs] = {which: {part: recovered(rows, which, f"{part}_psnr_db")
+                                        for part in ("amplitude", "phase")}
+                                for which in ("scan", "held_out")}
+        print(f"recovered with {epochs} warm-up epochs: {json.dumps(recovered_by[epochs])}",
+              flush=True)
     print(json.dumps({
         "args": vars(args), "N": N, "positions": len(sim[0].counts),
         "test_positions": len(sim[1].counts), "object_sides_px": list(sides),
         "modes_2_3_power": modes_2_3, "mode_powers": (powers / powers.sum()).tolist(),
-        "guess_probe_scale": guess[0].attrs.get("probe_scale"), "warmup": warmed.record,
-        "runs": list(rows.values()),
-        "recovered": {which: {part: recovered(rows, which, f"{part}_psnr_db")
-                              for part in ("amplitude", "phase")}
-                      for which in ("scan", "held_out")}}))
+        "guess_probe_scale": guess[0].attrs.get("probe_scale"),
+        "runs": [rows["true"], rows["guess"]], "learned_by_warmup_epochs": records,
+        "recovered_by_warmup_epochs": recovered_by}))
 
 
 if __name__ == "__main__":

@@ -142,7 +142,7 @@ def warmed_up_beam(model_path: Path, cfg: ExperimentConfig,
         raise ConfigError([f"--model: {model_path}: {exc}"]) from None
     if probe is None:
         return given.probe, None
-    if probe.shape != given.probe.shape:
+    if probe.shape[-2:] != given.probe.shape[-2:]:
         raise ConfigError([f"--model: {model_path}'s warmed-up probe is {probe.shape}, the "
                            f"data's {given.probe.shape}"])
     return keep_photons(probe, given.probe), scan_positions(meta, given)

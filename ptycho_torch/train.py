@@ -406,7 +406,7 @@ def warmed_up_probe(cfg: ExperimentConfig, path: Path | None) -> WarmedUp | None
 def probe_meta(cfg: ExperimentConfig, warmed: WarmedUp | None) -> dict:
     """The checkpoint's record of the probe: where it came from (``source_record``) and,
     after a warm-up, the warmed-up probe itself (``probe_warmup``, a complex64 tensor of the
-    data's probe shape: inference uses it), its record and, when it corrected them, the
+    warm-up's probe shape: inference uses it), its record and, when it corrected them, the
     training scan's positions (``probe_warmup_positions``, float64 ``[n, 2]`` px: inference
     uses them on that scan, :func:`ptycho_torch.warmup.scan_positions`)."""
     meta = source_record(cfg, warmed)

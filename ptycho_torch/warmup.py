@@ -11,8 +11,9 @@ are a property of one scan: the corrected ones travel too, with the digest of th
 were corrected on (:func:`scan_digest`), and inference uses them only on that very scan
 (``data.test_fraction: 0``, the recipe for a measured scan: :func:`scan_positions`).
 
-The warm-up file (``probe.npz``, :func:`write_warmup`): ``probe`` (complex64, the data's
-probe shape, our unitary-FFT convention and photon scale: see :func:`keep_photons`),
+The warm-up file (``probe.npz``, :func:`write_warmup`): ``probe`` (complex64 ``[N, N]``, or
+``[K, N, N]`` modes with ``iterative.probe_modes``; our unitary-FFT convention and photon
+scale: see :func:`keep_photons`),
 ``positions_px`` ``[n, 2]`` (row, col px of the training scan: corrected, or the given
 ones), ``given_probe`` (the data file's) and ``record`` (JSON text, :class:`WarmedUp`).
 """
@@ -41,7 +42,7 @@ GIVEN, ITERATIVE = "given", "iterative"  # the values of model.probe_source
 @dataclass(frozen=True)
 class WarmedUp:
     """What the warm-up ends with."""
-    probe: np.ndarray  # complex64, the data's probe shape ([N, N]), photons per exposure
+    probe: np.ndarray  # complex64 [N, N] or [K, N, N] (iterative.probe_modes), photons per exposure
     positions_px: np.ndarray  # float64 [n, 2] (row, col) px: corrected, or the data's
     given_probe: np.ndarray  # complex64, the probe the data file holds
     record: dict[str, Any]  # JSON-able: settings, seconds, what changed (see warm_up)
@@ -120,9 +121,10 @@ def read_warmup(path: Path) -> WarmedUp:
 
 
 def apply_warmup(data: PtychoData, warmed: WarmedUp, *, positions: bool) -> PtychoData:
-    """``data`` with the warmed-up probe and, with ``positions`` (the warmed-up scan itself)
-    and corrected positions, those positions. Raises ValueError when the shapes differ."""
-    if warmed.probe.shape != data.probe.shape:
+    """``data`` with the warmed-up probe (its modes: ``iterative.probe_modes`` may give a
+    single-mode guess several) and, with ``positions`` (the warmed-up scan itself) and
+    corrected positions, those positions. Raises ValueError when the probes' sides differ."""
+    if warmed.probe.shape[-2:] != data.probe.shape[-2:]:
         raise ValueError(f"the warm-up's probe is {warmed.probe.shape}, the data's "
                          f"{data.probe.shape}")
     if positions and warmed.positions_corrected:
@@ -163,9 +165,9 @@ def scan_positions(meta: dict[str, Any], data: PtychoData) -> np.ndarray | None:
 
 
 def checkpoint_probe(meta: dict[str, Any], cfg: ExperimentConfig) -> np.ndarray | None:
-    """The warmed-up probe a checkpoint's metadata ``meta`` holds (complex64 numpy, the
-    data's probe shape), or None for ``model.probe_source: given``. Raises ValueError when
-    an iterative model's checkpoint lacks it."""
+    """The warmed-up probe a checkpoint's metadata ``meta`` holds (complex64 numpy ``[N, N]``
+    or ``[K, N, N]``), or None for ``model.probe_source: given``. Raises ValueError when an
+    iterative model's checkpoint lacks it."""
     if cfg.model.probe_source != ITERATIVE:
         return None
     probe = meta.get("probe_warmup")

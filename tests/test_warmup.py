@@ -57,6 +57,23 @@ def test_the_warm_up_file_round_trips_and_applies(tmp_path):
         apply_warmup(synthetic_scan(6, 16), back, positions=False)
 
 
+def test_a_warm_up_with_more_modes_than_the_guess_gives_the_pinn_its_modes(tmp_path):
+    """iterative.probe_modes: 3 on a single-mode guess: training and inference take the
+    warm-up's three modes."""
+    warmed, d = _warmed(N=8)
+    modes = np.stack([warmed.probe, 0.5 * warmed.probe.T, 0.2 * warmed.probe[::-1]])
+    warmed = replace(warmed, probe=modes.astype(np.complex64))
+    assert d.probe.shape == (8, 8)
+    assert apply_warmup(d, warmed, positions=True).probe.shape == (3, 8, 8)
+    cfg = resolve_config(None, {"model.probe_source": "iterative"})
+    torch.save({"meta": train.probe_meta(cfg, warmed)}, tmp_path / "model.pt")
+    probe, _ = infer.warmed_up_beam(tmp_path / "model.pt", cfg, d)
+    assert probe.shape == (3, 8, 8)
+    assert np.sum(np.abs(probe) ** 2) == pytest.approx(np.sum(np.abs(d.probe) ** 2), rel=1e-5)
+    with pytest.raises(ValueError, match="probe"):  # another side is another beam
+        apply_warmup(synthetic_scan(6, 16), warmed, positions=False)
+
+
 def test_the_warmed_up_probe_keeps_the_given_photons():
     d = synthetic_scan()
     scaled = keep_photons(0.3 * d.probe, d.probe)
