@@ -109,9 +109,9 @@ def measure(workdir: Path, generators: list[str], epochs: int | None) -> dict[st
 
 
 def print_table(r: dict[str, Any]) -> None:
+    spread = " to ".join(number(v) for v in r["iterative_seconds_spread"] or [None])
     print(f"large scan (~1,000 patterns of {N} x {N}), study of model.generator "
-          f"(snakemake: {r['snakemake_wall_s']:.0f} s wall); pty-chi's 100 epochs took "
-          f"{r['iterative_seconds_spread']} s over the runs")
+          f"(snakemake: {r['snakemake_wall_s']:.0f} s wall); pty-chi's 100 epochs: {spread} s")
     print(f"{'generator':10s} {'PINN amp/ph dB':>15s} {'pty-chi amp/ph':>15s} {'gap amp/ph':>12s}"
           f" {'train s':>8s} {'recon s':>8s} {'speed-up':>9s} {'hybrid':>7s} {'break-even':>11s}")
     for name, s in r["generators"].items():
