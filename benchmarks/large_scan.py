@@ -26,6 +26,10 @@ Per generator, from its ``comparison.json`` (see ``benchmarks/compare.py``):
 * issue #33's acceptance: gap >= -6 dB in amplitude and phase, training <= 15 min,
   speed-up >= 10, hybrid ratio <= 1/2; each printed as met or not.
 
+And once: the PSNR of the true object's own patches through the same stitching and
+calibration (:func:`oracle_psnr`: what a perfect network would reach; the stitching's share
+of the gap).
+
 Timings come from the steps' own manifests, side by side in one run; pty-chi runs once per
 generator (the spread of its three times is printed). Prints a table, then the same as
 JSON.
@@ -93,6 +97,28 @@ def acceptance(s: dict[str, Any]) -> dict[str, bool | None]:
             "hybrid_within_half": None if ratio is None else ratio <= TARGETS["hybrid_ratio"]}
 
 
+def oracle_psnr(test_file: Path) -> dict[str, float]:
+    """Amplitude and phase PSNR (dB) of the true object's own patches through the PINN's
+    stitching (phase synchronisation, calibration on the counts, weighted average) with the
+    default inference settings: what a perfect network would score on this scan."""
+    import torch
+
+    from ptycho_torch import physics
+    from ptycho_torch.config_factory import resolve_config
+    from ptycho_torch.cxi import read_cxi
+    from ptycho_torch.likelihood import ValidPixels
+    from ptycho_torch.products import evaluate
+    from ptycho_torch.stitch import stitch
+    d = read_cxi(test_file)
+    patches = physics.extract_patches(torch.from_numpy(d.ground_truth),
+                                      torch.from_numpy(d.positions_px), d.N)
+    inference = resolve_config(None, {"data.N": d.N}).inference
+    obj, _ = stitch(patches, d.positions_px, d.object_shape, d.probe, inference, d.counts,
+                    ValidPixels.of(d))
+    m = evaluate(obj, d, test_file)
+    return {p: m[p]["psnr"] for p in ("amplitude", "phase")}
+
+
 def measure(workdir: Path, generators: list[str], epochs: int | None) -> dict[str, Any]:
     probe_file(workdir / "probe.npy")
     (workdir / "large.yaml").write_text(yaml.safe_dump(overlay(generators, epochs)))
@@ -105,6 +131,8 @@ def measure(workdir: Path, generators: list[str], epochs: int | None) -> dict[st
     solver = [g["methods"]["iterative"]["reconstruction_seconds"]
               for g in out["generators"].values()]
     out["iterative_seconds_spread"] = [min(solver), max(solver)] if None not in solver else None
+    out["oracle_psnr_db"] = oracle_psnr(
+        workdir / f"results/{EXP}_generator_{generators[0]}/simulate/test.cxi")
     return out
 
 
@@ -114,6 +142,9 @@ def print_table(r: dict[str, Any]) -> None:
           f"(snakemake: {r['snakemake_wall_s']:.0f} s wall); pty-chi's 100 epochs: {spread} s")
     print(f"{'generator':10s} {'PINN amp/ph dB':>15s} {'pty-chi amp/ph':>15s} {'gap amp/ph':>12s}"
           f" {'train s':>8s} {'recon s':>8s} {'speed-up':>9s} {'hybrid':>7s} {'break-even':>11s}")
+    o = r["oracle_psnr_db"]
+    print(f"the true object's patches through the same stitching: "
+          f"{number(o['amplitude'])} / {number(o['phase'])} dB (a perfect network)")
     for name, s in r["generators"].items():
         pinn, it = s["methods"]["pinn"], s["methods"]["iterative"]
         gap = s["quality_gap_pinn_minus_iterative_db"] or {}

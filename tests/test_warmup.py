@@ -184,6 +184,41 @@ def test_the_measured_scan_example_plans_the_warm_up(tmp_path):
     assert "--probe results/measured_scan/probe_warmup/probe.npz" in out.stdout
 
 
+@needs_ptychi
+@pytest.mark.slow
+def test_the_measured_scan_recipe_reconstructs_its_scan_at_the_corrected_positions(tmp_path):
+    """config/examples/measured_scan.yaml on a small file whose recorded positions are off
+    by 0.5 px: the warm-up corrects them (3 modes from the single-mode guess), the PINN
+    trains with them, and infer reconstructs the same scan at them."""
+    workdir = copy_workflow(tmp_path)
+    example = yaml.safe_load((workdir / "config/examples/measured_scan.yaml").read_text())
+    cfg = resolve_config({**WRONG_PROBE, "data": {**WRONG_PROBE["data"], "scan": {
+        "step_px": 4.0, "position_error_px": 0.5}}})
+    scan = simulate.simulate_dataset(cfg.data, 64, (cfg.seed, 0))
+    path = workdir / example["data"]["train_file"]
+    path.parent.mkdir(parents=True)
+    write_cxi(path, scan)
+    (workdir / "small.yaml").write_text(yaml.safe_dump({
+        "data": {"N": 16}, "training": {"epochs": 1}, "model": {"probe_warmup_epochs": 20},
+        "iterative": {"position_correction": True, "batch_size": 16}}))
+    out = run_snakemake(workdir, "infer", "--configfile", "config/examples/measured_scan.yaml",
+                        "small.yaml")
+    assert out.returncode == 0, out.stdout
+    results = workdir / "results" / example["experiment"]
+    warmed = read_warmup(results / "probe_warmup" / "probe.npz")
+    assert warmed.positions_corrected and warmed.probe.shape == (3, 16, 16)
+    metrics = json.loads((results / "infer" / "metrics.json").read_text())
+    assert metrics["positions"]["refined"]
+    assert metrics["positions"]["rms_error_px"] < metrics["positions"]["given_rms_error_px"]
+    with np.load(results / "infer" / "reconstruction.npz") as f:  # the positions used
+        np.testing.assert_allclose(f["probe_position_px"], warmed.positions_px)
+        assert f["probe"].shape == (3, 16, 16)
+    (run,) = (workdir / "reports").glob("20*")
+    infer_manifest = json.loads((run / example["experiment"] / "infer" / "manifest.json")
+                                .read_text())
+    assert infer_manifest["numbers"]["positions_from_warmup"] is True
+
+
 def test_without_ptychi_the_warm_up_fails_naming_the_install(tmp_path, monkeypatch):
     import sys
     from ptycho_torch import probe_warmup
