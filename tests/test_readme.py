@@ -119,7 +119,8 @@ def test_readme_snakemake_command_resolves_as_a_dry_run(command, placeholder_wor
 
 # scripts that import torch before parsing their arguments: ~2 s each on 2 shared cores
 TORCH_AT_START = ("benchmarks/imperfect_scan.py", "benchmarks/infer.py", "benchmarks/simulate.py",
-                  "benchmarks/train.py")
+                  "benchmarks/train.py", "benchmarks/realistic_scan.py",
+                  "benchmarks/per_scan_refinement.py")
 
 
 @pytest.mark.parametrize("command", [
