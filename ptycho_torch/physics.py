@@ -213,6 +213,28 @@ def probe_intensity(probe: ProbeArray) -> ProbeArray:
     return (abs(probe_modes(probe)) ** 2).sum(0)
 
 
+def far_field_centroid(probe: np.ndarray) -> np.ndarray:
+    """Centroid ``[2]`` (row, col; frequency bins from the zero frequency, fractional) of a
+    probe's summed far-field intensity ``sum_k |FFT(P_k)|^2`` (``probe [N, N]`` or
+    ``[K, N, N]``, numpy)."""
+    power = (np.abs(np.fft.fftshift(np.fft.fft2(probe_modes(probe)), axes=(-2, -1))) ** 2
+             ).sum(0)
+    k = np.arange(power.shape[-1]) - power.shape[-1] // 2
+    total = power.sum()
+    return np.array([(power.sum(1) * k).sum() / total, (power.sum(0) * k).sum() / total])
+
+
+def shift_far_field(probe: np.ndarray, bins: np.ndarray) -> np.ndarray:
+    """``probe`` (``[N, N]`` or ``[K, N, N]``) times the linear phase ramp
+    ``exp(2 pi i (bins . r) / N)`` that moves its far field by ``bins [2]`` (row, col
+    frequency bins, fractional). The same ramp the other way on the object leaves every
+    exit wave unchanged up to a constant phase: the counts cannot see it."""
+    N = probe.shape[-1]
+    r = np.arange(N) - N // 2
+    ramp = np.exp(2j * np.pi * (bins[0] * r[:, None] + bins[1] * r[None, :]) / N)
+    return (probe * ramp).astype(probe.dtype)
+
+
 def single_mode(probe: ProbeArray) -> ProbeArray:
     """The ``[N, N]`` form of a probe of one mode (``[1, N, N]`` too), else ``probe``
     unchanged: what files and products store for one mode."""

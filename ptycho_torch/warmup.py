@@ -33,7 +33,7 @@ from ptycho_torch.config import ExperimentConfig
 from ptycho_torch.dataset import PtychoData
 from ptycho_torch.files import write_atomic
 from ptycho_torch.metrics import probe_error, probe_photon_ratio
-from ptycho_torch.physics import inside_positions
+from ptycho_torch.physics import far_field_centroid, inside_positions, shift_far_field
 from ptycho_torch.ptychi_solver import ptychi_version, reconstruct
 
 GIVEN, ITERATIVE = "given", "iterative"  # the values of model.probe_source
@@ -79,12 +79,17 @@ def scan_digest(data: PtychoData) -> str:
 
 def warm_up(data: PtychoData, cfg: ExperimentConfig, gpu: bool) -> WarmedUp:
     """Refine ``data``'s probe (and positions, with ``iterative.position_correction``) by
-    :func:`warmup_config`'s pty-chi run on ``data``; the probe keeps the given one's
-    photons (:func:`keep_photons`). Raises ``ptychi_solver.IterativeUnavailable`` without
+    :func:`warmup_config`'s pty-chi run on ``data``; the probe's far field is centred where
+    the given probe's is (a linear phase ramp the counts cannot see,
+    :func:`ptycho_torch.physics.shift_far_field`) and it keeps the given one's photons
+    (:func:`keep_photons`). Raises ``ptychi_solver.IterativeUnavailable`` without
     pty-chi."""
     wcfg = warmup_config(cfg)
     solved = reconstruct(data, wcfg, gpu, lambda *_: None)
-    probe = keep_photons(solved.probe, data.probe)
+    # the counts leave a linear phase ramp between probe and object free: fix it by the
+    # given probe's far field (its centroid), so the object carries none of it
+    ramp = far_field_centroid(data.probe) - far_field_centroid(solved.probe)
+    probe = keep_photons(shift_far_field(solved.probe, ramp), data.probe)
     corrected = wcfg.iterative.position_correction
     positions = data.positions_px
     if corrected:  # a correction that would move a patch off the object stops at its edge
@@ -96,6 +101,7 @@ def warm_up(data: PtychoData, cfg: ExperimentConfig, gpu: bool) -> WarmedUp:
               "seconds": solved.seconds,
               "final_loss": solved.history[-1]["loss"] if solved.history else None,
               "photon_ratio_before_rescaling": probe_photon_ratio(solved.probe, data.probe),
+              "far_field_shift_bins": ramp.tolist(),
               "probe_change": probe_error(data.probe, probe),
               "position_change_rms_px": float(np.sqrt(np.mean(np.sum(
                   np.square(positions - data.positions_px), axis=1)))),

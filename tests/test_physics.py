@@ -402,3 +402,24 @@ def test_positions_clipped_inside_the_object_extract_patches_there_and_move_no_i
     with pytest.raises(ValueError, match="leave"):
         physics.PatchOperator.at(positions[2:3], N, shape)
     physics.PatchOperator.at(inside, N, shape)
+
+
+def test_a_far_field_shift_moves_the_centroid_by_its_bins_and_the_counts_cannot_see_it():
+    N = 32
+    r = np.arange(N) - N // 2
+    pupil = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / 18.0)  # a smooth far field
+    probe = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(pupil))).astype(np.complex64)
+    probe = np.stack([probe, 0.3 * np.roll(probe, 2, axis=1)])  # two modes
+    bins = np.array([0.37, -1.25])
+    moved = physics.shift_far_field(probe, bins)
+    np.testing.assert_allclose(physics.far_field_centroid(moved) - physics.far_field_centroid(probe),
+                               bins, atol=0.05)
+    assert physics.far_field_centroid(probe) == pytest.approx([0.0, 0.0], abs=1e-6)
+    rng = np.random.default_rng(1)
+    obj = (rng.uniform(0.5, 1, (N, N)) * np.exp(1j * rng.uniform(-1, 1, (N, N)))).astype(np.complex64)
+    unramp = np.conj(physics.shift_far_field(np.ones((N, N), np.complex64), bins))
+    counts = physics.forward_intensity(torch.from_numpy(probe), torch.from_numpy(obj))
+    same = physics.forward_intensity(torch.from_numpy(moved), torch.from_numpy(obj * unramp))
+    torch.testing.assert_close(same, counts, rtol=1e-4, atol=1e-4 * float(counts.max()))
+    back = physics.shift_far_field(moved, -bins)
+    np.testing.assert_allclose(back, probe, atol=1e-5)
