@@ -166,8 +166,7 @@ def scan_positions(meta: dict[str, Any], data: PtychoData) -> np.ndarray | None:
     record = meta.get("probe_warmup_record") or {}
     if positions is None or record.get("scan_sha256") != scan_digest(data):
         return None
-    return np.asarray(positions.numpy() if hasattr(positions, "numpy") else positions,
-                      np.float64)
+    return _as_numpy(positions, np.float64)
 
 
 def checkpoint_probe(meta: dict[str, Any], cfg: ExperimentConfig) -> np.ndarray | None:
@@ -180,4 +179,9 @@ def checkpoint_probe(meta: dict[str, Any], cfg: ExperimentConfig) -> np.ndarray 
     if probe is None:
         raise ValueError("model.probe_source is 'iterative' but the checkpoint holds no "
                          "warmed-up probe (meta 'probe_warmup'): retrain it")
-    return np.asarray(probe.numpy() if hasattr(probe, "numpy") else probe, np.complex64)
+    return _as_numpy(probe, np.complex64)
+
+
+def _as_numpy(value: Any, dtype: type) -> np.ndarray:
+    """A checkpoint's tensor (or array) as a numpy array of ``dtype``."""
+    return np.asarray(value.numpy() if hasattr(value, "numpy") else value, dtype)
